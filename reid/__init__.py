@@ -1,0 +1,1 @@
+"""DSP: Deeply Supervised Self-Attention for person re-identification."""

@@ -1,0 +1,173 @@
+"""From (path, pid, camid) lists to batches: image reading, transforms, samplers and loaders."""
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+from torchvision.io import ImageReadMode, decode_image, read_file
+from torchvision.transforms import v2
+
+from .errors import UsageError
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def read_image(path):
+    """Decode an image file to a (3, H, W) uint8 tensor; grayscale and RGBA images become RGB."""
+    try:
+        return decode_image(read_file(path), mode=ImageReadMode.RGB)
+    except (RuntimeError, OSError, ValueError) as error:
+        raise UsageError(f"Cannot read the image {path}: {str(error).strip() or type(error).__name__}. "
+                         f"Expected a JPEG or PNG file; remove or replace it.") from None
+
+
+def build_transform(height, width, train, random_erasing=0.0):
+    """Resize to height x width, (train: flip, optional random erasing), ImageNet normalisation."""
+    steps = [v2.Resize((height, width), antialias=True)]
+    if train:
+        steps.append(v2.RandomHorizontalFlip())
+    steps += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
+    if train and random_erasing > 0:
+        steps.append(v2.RandomErasing(p=random_erasing, value=0))
+    return v2.Compose(steps)
+
+
+class ReidImages(Dataset):
+    """Items ``(image, pid, camid, index)``; with ``cache`` every image is decoded once and kept in memory."""
+
+    def __init__(self, items, transform, cache=False):
+        self.items = list(items)
+        self.transform = transform
+        self.cached = [read_image(path) for path, _, _ in self.items] if cache else None
+
+    def __len__(self):
+        return len(self.items)
+
+    def __getitem__(self, index):
+        path, pid, camid = self.items[index]
+        image = self.cached[index] if self.cached is not None else read_image(path)
+        return self.transform(image), pid, camid, index
+
+
+class _EpochSampler(Sampler):
+    """Base for samplers whose order is a pure function of (seed, epoch), split across processes.
+
+    ``set_epoch`` picks the epoch; ``set_start(step)`` skips the batches a resumed run has already seen.
+    Each process takes every ``world_size``-th batch, so per-process batches never overlap.
+    """
+
+    def __init__(self, batch_size, seed, rank=0, world_size=1):
+        self.batch_size, self.seed, self.rank, self.world_size = batch_size, seed, rank, world_size
+        self.epoch = 0
+        self.start_step = 0
+
+    def set_epoch(self, epoch):
+        self.epoch = epoch
+        self.start_step = 0
+
+    def set_start(self, step):
+        self.start_step = step
+
+    def _generator(self):
+        return torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+
+    def batches(self):
+        raise NotImplementedError
+
+    def _own_batches(self):
+        batches = self.batches()
+        usable = len(batches) // self.world_size * self.world_size
+        return batches[self.rank:usable:self.world_size][self.start_step:]
+
+    def __iter__(self):
+        for batch in self._own_batches():
+            yield from batch
+
+    def __len__(self):
+        return sum(len(batch) for batch in self._own_batches())
+
+    def steps_per_epoch(self):
+        return len(self.batches()) // self.world_size
+
+
+class ShuffleSampler(_EpochSampler):
+    """A new random order of all images every epoch, in full batches (the last partial one is dropped)."""
+
+    def __init__(self, num_items, batch_size, seed, rank=0, world_size=1):
+        super().__init__(batch_size, seed, rank, world_size)
+        self.num_items = num_items
+
+    def batches(self):
+        order = torch.randperm(self.num_items, generator=self._generator()).tolist()
+        return [order[i:i + self.batch_size] for i in range(0, len(order) - self.batch_size + 1, self.batch_size)]
+
+
+class IdentitySampler(_EpochSampler):
+    """Batches of P identities x K images each (K = ``num_instances``), as triplet-style training uses.
+
+    Identities with fewer than K images are sampled with replacement.
+    """
+
+    def __init__(self, pids, batch_size, num_instances, seed, rank=0, world_size=1):
+        if batch_size % num_instances:
+            raise UsageError(f"-b/--batch-size ({batch_size}) must be a multiple of --num-instances "
+                             f"({num_instances}) for the identity sampler.")
+        super().__init__(batch_size, seed, rank, world_size)
+        self.num_instances = num_instances
+        self.indices_by_pid = {}
+        for index, pid in enumerate(pids):
+            self.indices_by_pid.setdefault(pid, []).append(index)
+
+    def batches(self):
+        generator = self._generator()
+        groups = []
+        for indices in self.indices_by_pid.values():
+            indices = torch.tensor(indices)
+            if len(indices) >= self.num_instances:
+                chosen = indices[torch.randperm(len(indices), generator=generator)]
+                usable = len(chosen) // self.num_instances * self.num_instances
+                groups += chosen[:usable].view(-1, self.num_instances).tolist()
+            else:
+                picks = torch.randint(len(indices), (self.num_instances,), generator=generator)
+                groups.append(indices[picks].tolist())
+        order = torch.randperm(len(groups), generator=generator).tolist()
+        per_batch = self.batch_size // self.num_instances
+        return [sum((groups[g] for g in order[i:i + per_batch]), [])
+                for i in range(0, len(order) - per_batch + 1, per_batch)]
+
+
+def train_loader(items, args, rank=0, world_size=1, cache=False):
+    """The training loader: per-process batch ``args.batch_size // world_size``."""
+    batch_size = args.batch_size // world_size
+    transform = build_transform(args.height, args.width, train=True, random_erasing=args.random_erasing)
+    dataset = ReidImages(items, transform, cache=cache)
+    if args.num_instances > 0:
+        sampler = IdentitySampler([pid for _, pid, _ in items], batch_size, args.num_instances, args.seed,
+                                  rank, world_size)
+    else:
+        sampler = ShuffleSampler(len(items), batch_size, args.seed, rank, world_size)
+    if sampler.steps_per_epoch() == 0:
+        raise UsageError(f"The training split has {len(items)} images, fewer than one batch of "
+                         f"-b/--batch-size {args.batch_size}; lower the batch size.")
+    return _loader(dataset, batch_size, args.workers, sampler=sampler, generator=torch.Generator(),
+                   persistent=not args.deterministic)
+
+
+def start_epoch(loader, epoch, start_step=0):
+    """Point the training loader at ``epoch`` (from batch ``start_step``); reseed its workers.
+
+    Worker seeds come from the loader's generator, seeded by (seed, epoch): with fresh workers each
+    epoch (``--deterministic``) the augmentations of an epoch are the same in a resumed run.
+    """
+    loader.sampler.set_epoch(epoch)
+    loader.sampler.set_start(start_step)
+    loader.generator.manual_seed(loader.sampler.seed * 1_000_003 + epoch)
+
+
+def test_loader(items, args, cache=False):
+    transform = build_transform(args.height, args.width, train=False)
+    return _loader(ReidImages(items, transform, cache=cache), args.batch_size, args.workers)
+
+
+def _loader(dataset, batch_size, workers, sampler=None, generator=None, persistent=True):
+    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers,
+                      pin_memory=torch.cuda.is_available(), persistent_workers=persistent and workers > 0,
+                      generator=generator, drop_last=False)

@@ -1,0 +1,107 @@
+"""One epoch of training, the optimiser with the original's two learning-rate groups, its schedule."""
+import math
+import signal
+import time
+
+import torch
+from tqdm import tqdm
+
+from .errors import UsageError
+from .losses import part_accuracy
+
+
+def build_optimizer(model, lr, momentum, weight_decay, backbone_lr_mult):
+    """SGD with Nesterov momentum; the (pretrained) backbone at ``lr * backbone_lr_mult``, new layers at ``lr``.
+
+    New layers are everything outside the backbone: the DSA gates, deep-supervision and part heads.
+    """
+    backbone_ids = {id(p) for module in model.backbone_modules() for p in module.parameters()}
+    backbone = [p for p in model.parameters() if id(p) in backbone_ids]
+    new = [p for p in model.parameters() if id(p) not in backbone_ids]
+    groups = [{"params": backbone, "lr": lr * backbone_lr_mult, "name": "backbone"},
+              {"params": new, "lr": lr, "name": "new"}]
+    return torch.optim.SGD(groups, lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=momentum > 0)
+
+
+def build_scheduler(optimizer, step_size, gamma=0.1):
+    """lr x ``gamma`` every ``step_size`` epochs (never, when ``step_size`` is 0)."""
+    return torch.optim.lr_scheduler.StepLR(optimizer, step_size=step_size or 10**9, gamma=gamma)
+
+
+class StopRequest:
+    """Turns SIGINT/SIGTERM into a flag the epoch loop checks after each step, so the run can save and exit."""
+
+    def __init__(self):
+        self.signal_name = None
+        self._previous = {}
+
+    def __enter__(self):
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            self._previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def __exit__(self, *exc):
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+
+    def _handle(self, signum, frame):
+        if self.signal_name is not None:
+            raise KeyboardInterrupt
+        self.signal_name = signal.Signals(signum).name
+
+    def __bool__(self):
+        return self.signal_name is not None
+
+
+def train_one_epoch(model, criterion, optimizer, loader, device, epoch, args, scaler=None, autocast_dtype=None,
+                    stop=None, start_step=0, show_progress=True):
+    """Train for one pass over ``loader`` (from batch ``start_step``); return the epoch's figures.
+
+    The returned dict has ``loss``, ``accuracy`` (means over the steps run), ``images``, ``seconds``,
+    ``steps`` and ``stopped_at_step`` (the next step to run when a stop was requested, else None).
+    """
+    model.train()
+    total_steps = start_step + math.ceil(len(loader.sampler) / loader.batch_size)
+    loss_sum = accuracy_sum = 0.0
+    images_seen = steps_run = 0
+    started = time.perf_counter()
+    progress = tqdm(loader, total=total_steps, initial=start_step, desc=f"epoch {epoch + 1}", leave=False,
+                    disable=not show_progress, dynamic_ncols=True)
+    for step, (images, targets, _, _) in enumerate(progress, start=start_step):
+        images = images.to(device, non_blocking=True)
+        targets = targets.to(device, non_blocking=True)
+        if args.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+            logits = model(images)
+        loss = criterion(logits, targets)
+        loss_value = loss.item()
+        if not math.isfinite(loss_value):
+            raise UsageError(
+                f"The loss became {loss_value} at epoch {epoch + 1}, step {step + 1}; training stopped and the "
+                f"last checkpoint saved before it is kept. Lower --lr, or resume from that checkpoint.")
+        optimizer.zero_grad(set_to_none=True)
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            loss.backward()
+            optimizer.step()
+        accuracy = part_accuracy(logits, targets).item()
+        loss_sum += loss_value
+        accuracy_sum += accuracy
+        images_seen += images.shape[0]
+        steps_run += 1
+        if step % args.print_freq == 0:
+            progress.set_postfix(loss=f"{loss_value:.3f}", acc=f"{accuracy:.1%}")
+        if stop:
+            progress.close()
+            return _summary(loss_sum, accuracy_sum, steps_run, images_seen, started, stopped_at=step + 1)
+    progress.close()
+    return _summary(loss_sum, accuracy_sum, steps_run, images_seen, started, stopped_at=None)
+
+
+def _summary(loss_sum, accuracy_sum, steps_run, images_seen, started, stopped_at):
+    return {"loss": loss_sum / max(steps_run, 1), "accuracy": accuracy_sum / max(steps_run, 1), "steps": steps_run,
+            "images": images_seen, "seconds": time.perf_counter() - started, "stopped_at_step": stopped_at}

@@ -1,0 +1,226 @@
+import itertools
+
+import pytest
+import torch
+import torchvision
+
+from reid import models
+from reid.errors import UsageError
+from reid.models.attention import DSA
+from reid.trainer import build_optimizer
+
+torch.set_num_threads(2)
+SMALL = dict(arch="resnet18", num_classes=5, num_features=16)
+
+
+def tiny_model(**options):
+    torch.manual_seed(0)
+    return models.create(**{**SMALL, **options})
+
+
+def test_original_factory_call_and_names():
+    assert models.names() == ["resnet18", "resnet34", "resnet50", "resnet101", "resnet152"]
+    model = models.create("resnet50", num_features=256, dropout=0.5, num_classes=751)
+    assert model.part_head.global_classifier.out_features == 751
+    with pytest.raises(UsageError, match="resnet50"):
+        models.create("vgg16", num_classes=3)
+
+
+@pytest.mark.parametrize("dsa,deep_supervision,parts,feature", list(itertools.product(
+    (True, False), (True, False), (1, 6), models.FEATURES)))
+def test_outputs_for_every_switch(dsa, deep_supervision, parts, feature):
+    model = tiny_model(dsa=dsa, deep_supervision=deep_supervision, parts=parts, feature=feature)
+    images = torch.randn(2, 3, 96, 32)
+    logits = model.train()(images)
+    expected = [f"P{i + 1}" for i in range(parts)] + ["L4"] + (["L1", "L2", "L3"] if deep_supervision else [])
+    assert list(logits) == expected == model.logit_names()
+    assert all(output.shape == (2, 5) for output in logits.values())
+    features = model.eval()(images)
+    width = {"parts": parts * 512, "reduced": parts * 16, "global": 512}[feature]
+    assert features.shape == (2, width)
+    maps = model.feature_maps(images)
+    assert set(maps) == {"layer1", "layer2", "layer3", "layer4"} | ({"dsa1", "dsa2", "dsa3"} if dsa else set())
+
+
+def test_parts_feature_is_normalised_per_stripe():
+    features = tiny_model().eval()(torch.randn(3, 3, 96, 32))
+    norms = features.view(3, 6, 512).norm(dim=2)
+    assert torch.allclose(norms, torch.ones_like(norms), atol=1e-5)
+
+
+def test_resnet50_at_384x128_gives_24x8_layer4_and_stripes_of_2048():
+    model = models.create("resnet50", num_classes=10).eval()
+    maps = model.feature_maps(torch.randn(1, 3, 384, 128))
+    assert maps["layer4"].shape == (1, 2048, 24, 8)
+    assert maps["dsa1"].shape == maps["layer1"].shape == (1, 256, 96, 32)
+    assert model(torch.randn(1, 3, 384, 128)).shape == (1, 6 * 2048)
+
+
+def test_any_input_size_works():
+    model = tiny_model().eval()
+    for height, width in ((96, 32), (130, 50), (256, 128)):
+        assert model(torch.randn(1, 3, height, width)).shape == (1, 6 * 512)
+
+
+@pytest.mark.parametrize("arch", ["resnet18", "resnet50"])
+def test_dsa_adds_exactly_six_parameters_per_channel(arch):
+    def count(model):
+        return sum(p.numel() for p in model.parameters())
+
+    with_dsa = models.create(arch, num_classes=7, dsa=True)
+    without = models.create(arch, num_classes=7, dsa=False)
+    channels = [block.channels for block in with_dsa.dsa]
+    assert count(with_dsa) - count(without) == 6 * sum(channels)
+    assert all(count(block) == 6 * block.channels for block in with_dsa.dsa)
+
+
+def test_dsa_matches_the_formulas():
+    torch.manual_seed(1)
+    block = DSA(4)
+    with torch.no_grad():
+        for parameter in block.parameters():
+            parameter.copy_(torch.randn_like(parameter))
+    x = torch.randn(2, 4, 5, 3)
+    eps = 1e-5
+    e_c = block.alpha_c * torch.sqrt((x ** 2).sum(dim=(2, 3), keepdim=True) + eps)
+    g_c = 1 + torch.tanh(e_c * block.gamma_c / torch.sqrt((e_c ** 2).mean(dim=1, keepdim=True) + eps) + block.beta_c)
+    e_s = block.alpha_s * torch.sqrt((x ** 2).sum(dim=1, keepdim=True) + eps)
+    g_s = 1 + torch.tanh(e_s * block.gamma_s / torch.sqrt((e_s ** 2).mean(dim=(2, 3), keepdim=True) + eps)
+                         + block.beta_s)
+    assert g_c.shape == (2, 4, 1, 1) and g_s.shape == (2, 4, 5, 3)
+    assert torch.allclose(block(x), x + x * g_c * g_s, atol=1e-6)
+
+
+def test_gates_start_at_one():
+    x = torch.randn(2, 8, 6, 4)
+    block = DSA(8)
+    assert torch.equal(block.gate(x), torch.ones_like(x))
+    assert torch.allclose(block(x), 2 * x)
+
+
+def test_spatial_gate_depends_on_the_input_once_gamma_is_not_zero():
+    block = DSA(8)
+    with torch.no_grad():
+        block.gamma_s.fill_(1.0)
+    first, second = torch.randn(1, 8, 6, 4), torch.randn(1, 8, 6, 4)
+    gate_first, gate_second = block.spatial_gate(first), block.spatial_gate(second)
+    assert not torch.allclose(gate_first, gate_second)
+    assert gate_first.std() > 0.01, "the gate varies across positions of one image"
+
+
+def test_gate_parameters_are_registered_saved_and_in_the_full_lr_group():
+    model = tiny_model()
+    state = model.state_dict()
+    for k in (1, 2, 3):
+        for name in ("alpha_c", "gamma_c", "beta_c", "alpha_s", "gamma_s", "beta_s"):
+            assert f"dsa.{k - 1}.{name}" in state
+    optimizer = build_optimizer(model, lr=0.1, momentum=0.9, weight_decay=5e-4, backbone_lr_mult=0.1)
+    new_group = {id(p) for p in optimizer.param_groups[1]["params"]}
+    backbone_group = {id(p) for p in optimizer.param_groups[0]["params"]}
+    assert optimizer.param_groups[1]["lr"] == 0.1 and optimizer.param_groups[0]["lr"] == pytest.approx(0.01)
+    assert all(id(p) in new_group for p in model.dsa.parameters())
+    assert all(id(p) in backbone_group for p in model.layer1.parameters())
+    assert len(new_group) + len(backbone_group) == len(list(model.parameters()))
+
+
+def test_gradient_reaches_every_gate_and_head_and_gates_learn():
+    """At the start gamma = 0 blocks alpha's gradient (as in GCT); after one step every gate learns."""
+    model = tiny_model().train()
+    before = {name: p.detach().clone() for name, p in model.dsa.named_parameters()}
+    optimizer = build_optimizer(model, lr=0.1, momentum=0.9, weight_decay=5e-4, backbone_lr_mult=0.1)
+    images, targets = torch.randn(4, 3, 96, 32), torch.tensor([0, 1, 2, 3])
+    for step in range(2):
+        optimizer.zero_grad()
+        logits = model(images)
+        sum(torch.nn.functional.cross_entropy(output, targets) for output in logits.values()).backward()
+        if step == 0:
+            assert all(p.grad.abs().sum() > 0 for name, p in model.dsa.named_parameters() if "alpha" not in name)
+        optimizer.step()
+    for name, parameter in model.named_parameters():
+        assert parameter.grad is not None, name
+    for name in ("dsa", "deep_supervision", "part_head"):
+        for parameter_name, parameter in getattr(model, name).named_parameters():
+            assert parameter.grad.abs().sum() > 0, f"{name}.{parameter_name}"
+    changed = [name for name, p in model.dsa.named_parameters() if not torch.equal(p, before[name])]
+    assert len(changed) == len(before)
+
+
+def test_spatial_alpha_cancels_in_the_spatial_normalisation():
+    """With DESIGN.md's formulas alpha_s is divided out by the per-channel normalisation over positions
+    (up to eps), so the spatial gate barely depends on it: its gradient is tiny (documented in the README)."""
+    block = DSA(4)
+    with torch.no_grad():
+        block.gamma_s.fill_(2.0)
+    x = torch.randn(2, 4, 6, 4)
+    gate = block.spatial_gate(x)
+    with torch.no_grad():
+        block.alpha_s.mul_(3.0)
+    assert torch.allclose(block.spatial_gate(x), gate, atol=1e-5)
+
+
+def test_gates_follow_the_model_to_its_device():
+    model = tiny_model().to("meta")
+    assert all(p.device.type == "meta" for p in model.dsa.parameters())
+
+
+def test_tiny_model_overfits_a_tiny_batch():
+    torch.manual_seed(0)
+    model = models.create("resnet18", num_classes=4, num_features=16, dropout=0.0).train()
+    images, targets = torch.randn(8, 3, 96, 32), torch.arange(4).repeat(2)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    losses = []
+    for _ in range(30):
+        loss = sum(torch.nn.functional.cross_entropy(o, targets) for o in model(images).values())
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.1 * losses[0]
+
+
+def test_backbone_weights_from_a_local_file(tmp_path):
+    reference = torchvision.models.resnet18()
+    path = tmp_path / "resnet18.pth"
+    torch.save(reference.state_dict(), path)
+    model = models.create("resnet18", num_classes=3, pretrained_path=str(path))
+    assert torch.equal(model.stem[0].weight, reference.conv1.weight)
+    assert torch.equal(model.layer4[1].conv2.weight, reference.layer4[1].conv2.weight)
+    assert torch.all(model.dsa[0].alpha_c == 1) and torch.all(model.dsa[0].gamma_c == 0)
+
+
+def test_backbone_weights_of_another_depth_are_refused(tmp_path):
+    path = tmp_path / "resnet34.pth"
+    torch.save(torchvision.models.resnet34().state_dict(), path)
+    with pytest.raises(UsageError, match="resnet34.pth.*do not fit"):
+        models.create("resnet18", num_classes=3, pretrained_path=str(path))
+
+
+def test_missing_imagenet_weights_say_how_to_supply_them(tmp_path, monkeypatch):
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
+    with pytest.raises(UsageError, match="--pretrained-path.*--no-pretrained"):
+        models.create("resnet18", num_classes=3, pretrained=True)
+
+
+def test_imagenet_weights_from_torchvision_cache(tmp_path, monkeypatch):
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
+    path = models.imagenet_weights_path("resnet18")
+    (tmp_path / "checkpoints").mkdir()
+    reference = torchvision.models.resnet18()
+    torch.save(reference.state_dict(), path)
+    model = models.create("resnet18", num_classes=3, pretrained=True)
+    assert torch.equal(model.layer2[0].conv1.weight, reference.layer2[0].conv1.weight)
+
+
+def test_classifier_initialisation():
+    model = models.create("resnet50", num_classes=751)
+    weight = model.part_head.part_classifiers[0].weight
+    assert abs(weight.std().item() - 0.001) < 0.0002
+    assert torch.all(model.part_head.global_classifier.bias == 0)
+
+
+def test_checkpoint_of_another_model_is_refused_clearly():
+    state = tiny_model(num_classes=5).state_dict()
+    with pytest.raises(UsageError, match="ckpt.pth.*5, 7|differ in shape"):
+        models.load_model_state(tiny_model(num_classes=7), state, "ckpt.pth")
+    with pytest.raises(UsageError, match="missing|unexpected"):
+        models.load_model_state(tiny_model(dsa=False), state, "ckpt.pth")
