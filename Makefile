@@ -24,3 +24,5 @@ test: $(INSTALLED)
 
 demo: $(INSTALLED)
 	$(PY) main.py $(DEMO_ARGS) --logs-dir $(DEMO_LOGS)
+
+include ablation.mk

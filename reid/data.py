@@ -101,9 +101,10 @@ class ShuffleSampler(_EpochSampler):
 
 
 class IdentitySampler(_EpochSampler):
-    """Batches of P identities x K images each (K = ``num_instances``), as triplet-style training uses.
+    """Batches of P distinct identities x K images each (K = ``num_instances``, P = batch / K).
 
-    Identities with fewer than K images are sampled with replacement.
+    Each identity's images are cut into groups of K (identities with fewer than K images are sampled with
+    replacement); batches draw P identities that still have groups until fewer than P remain.
     """
 
     def __init__(self, pids, batch_size, num_instances, seed, rank=0, world_size=1):
@@ -118,20 +119,24 @@ class IdentitySampler(_EpochSampler):
 
     def batches(self):
         generator = self._generator()
-        groups = []
+        groups_by_pid = []
         for indices in self.indices_by_pid.values():
             indices = torch.tensor(indices)
             if len(indices) >= self.num_instances:
                 chosen = indices[torch.randperm(len(indices), generator=generator)]
                 usable = len(chosen) // self.num_instances * self.num_instances
-                groups += chosen[:usable].view(-1, self.num_instances).tolist()
+                groups_by_pid.append(chosen[:usable].view(-1, self.num_instances).tolist())
             else:
                 picks = torch.randint(len(indices), (self.num_instances,), generator=generator)
-                groups.append(indices[picks].tolist())
-        order = torch.randperm(len(groups), generator=generator).tolist()
-        per_batch = self.batch_size // self.num_instances
-        return [sum((groups[g] for g in order[i:i + per_batch]), [])
-                for i in range(0, len(order) - per_batch + 1, per_batch)]
+                groups_by_pid.append([indices[picks].tolist()])
+        ids_per_batch = self.batch_size // self.num_instances
+        batches = []
+        while True:
+            available = [pid for pid, groups in enumerate(groups_by_pid) if groups]
+            if len(available) < ids_per_batch:
+                return batches
+            chosen = torch.randperm(len(available), generator=generator)[:ids_per_batch].tolist()
+            batches.append(sum((groups_by_pid[available[i]].pop() for i in chosen), []))
 
 
 def train_loader(items, args, rank=0, world_size=1, cache=False):

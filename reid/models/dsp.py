@@ -146,6 +146,12 @@ class DSP(nn.Module):
             return logits
         return self.retrieval_feature(layer4)
 
+    def identity_logits(self, x):
+        """Identity scores in any mode, with gradients (for Grad-CAM): the mean of the part logits P1..Pn."""
+        layer4, _ = self._trunk(x)
+        logits = self.part_head(self.part_head.stripes(layer4))
+        return torch.stack([logits[f"P{i + 1}"] for i in range(self.part_head.parts)]).mean(dim=0)
+
     def retrieval_feature(self, layer4):
         if self.feature == "global":
             return F.normalize(F.adaptive_avg_pool2d(layer4, 1).flatten(1), dim=1)

@@ -1,0 +1,76 @@
+"""Class activation maps of the trained model's identity prediction, for one image or a folder.
+
+    python single_features_cam.py --checkpoint logs/market/model_best.pth.tar --image 0027_c1s4_033481_01.jpg
+    python single_features_cam.py --checkpoint logs/market/model_best.pth.tar --image query/ --layer layer3
+
+One PNG per image, <stem>_cam.png: image | Grad-CAM of the predicted identity on --layer | the DSA gate maps
+(dsa1..dsa3, channel mean of the fused gate) when the model has DSA. The identity is the training label index
+(the mean of the part classifiers' logits), printed with its softmax probability.
+"""
+import argparse
+import os
+import sys
+
+from reid import visualize
+from reid.errors import UsageError
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".npy")
+
+
+def get_args_parser():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--checkpoint", metavar="CKPT", required=True, help="training checkpoint")
+    parser.add_argument("--image", metavar="PATH", required=True,
+                        help="image file, .npy (H x W x 3 or 3 x H x W), or a folder of them")
+    parser.add_argument("--layer", default="layer4", help=f"Grad-CAM layer: {', '.join(visualize.CAM_LAYERS)}")
+    parser.add_argument("--out", metavar="DIR", default="cams", help="output folder")
+    parser.add_argument("--height", type=int, default=384)
+    parser.add_argument("--width", type=int, default=128)
+    return parser
+
+
+def main(argv=None):
+    args = get_args_parser().parse_args(argv)
+    try:
+        run(args)
+    except UsageError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def run(args):
+    if args.height < 16 or args.width < 16:
+        raise UsageError(f"--height/--width must be at least 16 pixels, got {args.height}x{args.width}.")
+    visualize.check_cam_layer(args.layer)
+    paths = image_paths(args.image)
+    model = visualize.load_trained_model(args.checkpoint)
+    visualize.output_folder(args.out)
+    gate_names = [layer for layer in visualize.available_layers(model) if layer.startswith("dsa")]
+    for path in paths:
+        image, batch = visualize.prepare_image(visualize.load_image(path), args.height, args.width)
+        cam, label, probability = visualize.grad_cam(model, batch, args.layer)
+        gates = {name: visualize.activation_map(gate[0])
+                 for name, gate in visualize.extract_feature_maps(model, batch, gate_names).items()}
+        stem = os.path.splitext(os.path.basename(path))[0]
+        figure_path = os.path.join(args.out, f"{stem}_cam.png")
+        visualize.plot_cam(image, cam, gates, figure_path,
+                           f"{stem}\nidentity {label} (p = {probability:.3f}), Grad-CAM on {args.layer}")
+        print(f"{path}: predicted identity {label} (training label index), probability {probability:.3f} "
+              f"-> {figure_path}")
+
+
+def image_paths(path):
+    """The image itself, or the images (by name) in a folder."""
+    if os.path.isdir(path):
+        names = sorted(name for name in os.listdir(path) if name.lower().endswith(IMAGE_SUFFIXES))
+        if not names:
+            raise UsageError(f"The folder {path} (--image) holds no {'/'.join(IMAGE_SUFFIXES)} files.")
+        return [os.path.join(path, name) for name in names]
+    if not os.path.isfile(path):
+        raise UsageError(f"--image {path} is neither an image file nor a folder.")
+    return [path]
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,103 @@
+import argparse
+from collections import Counter
+
+import pytest
+import torch
+from PIL import Image
+
+from reid import data
+from reid.errors import UsageError
+
+
+def write_image(path, mode="RGB", size=(16, 32)):
+    Image.new(mode, size, color=128 if mode in ("L", "1") else (10, 200, 30, 255)[: len(mode)]).save(path)
+    return str(path)
+
+
+@pytest.mark.parametrize("mode,suffix", [("RGB", ".jpg"), ("L", ".jpg"), ("RGBA", ".png"), ("L", ".png")])
+def test_read_image_gives_rgb_uint8(tmp_path, mode, suffix):
+    image = data.read_image(write_image(tmp_path / f"x{suffix}", mode))
+    assert image.shape == (3, 32, 16) and image.dtype == torch.uint8
+
+
+@pytest.mark.parametrize("content", [b"", b"not an image at all", None])
+def test_unreadable_images_name_the_file(tmp_path, content):
+    path = tmp_path / "0001_c1s1_000001_00.jpg"
+    if content is None:
+        write_image(path)
+        content = path.read_bytes()[:60]
+    path.write_bytes(content)
+    with pytest.raises(UsageError, match="0001_c1s1_000001_00.jpg"):
+        data.read_image(str(path))
+
+
+def test_transforms_resize_to_portrait_and_normalise():
+    image = torch.full((3, 40, 20), 255, dtype=torch.uint8)
+    train = data.build_transform(64, 32, train=True, random_erasing=0.5)(image)
+    test = data.build_transform(64, 32, train=False)(image)
+    assert train.shape == test.shape == (3, 64, 32)
+    expected = (1 - torch.tensor(data.IMAGENET_MEAN)) / torch.tensor(data.IMAGENET_STD)
+    assert torch.allclose(test[:, 0, 0], expected, atol=1e-4)
+
+
+def test_shuffle_sampler_covers_full_batches_and_changes_with_epoch():
+    sampler = data.ShuffleSampler(num_items=10, batch_size=3, seed=1)
+    first = list(sampler)
+    assert len(first) == len(sampler) == 9 and len(set(first)) == 9
+    sampler.set_epoch(1)
+    assert list(sampler) != first
+    sampler.set_epoch(0)
+    assert list(sampler) == first, "the order is a function of (seed, epoch)"
+
+
+def test_sampler_start_skips_the_batches_already_seen():
+    sampler = data.ShuffleSampler(num_items=12, batch_size=3, seed=1)
+    everything = list(sampler)
+    sampler.set_start(2)
+    assert list(sampler) == everything[6:]
+
+
+def test_distributed_shards_are_disjoint_and_equal():
+    shards = [list(data.ShuffleSampler(20, 2, seed=3, rank=r, world_size=2)) for r in range(2)]
+    assert len(shards[0]) == len(shards[1]) == 10
+    assert not set(shards[0]) & set(shards[1])
+
+
+def test_identity_sampler_batches_hold_k_images_of_p_ids():
+    pids = [0] * 6 + [1] * 2 + [2] * 5 + [3] * 4
+    sampler = data.IdentitySampler(pids, batch_size=4, num_instances=2, seed=0)
+    batches = sampler.batches()
+    assert batches
+    for batch in batches:
+        counts = Counter(pids[i] for i in batch)
+        assert len(batch) == 4 and sorted(counts.values()) == [2, 2]
+    shards = [list(data.IdentitySampler(pids, 4, 2, seed=0, rank=r, world_size=2)) for r in range(2)]
+    assert len(shards[0]) == len(shards[1]) > 0
+
+
+def test_identity_sampler_needs_a_multiple_of_k():
+    with pytest.raises(UsageError, match="--num-instances"):
+        data.IdentitySampler([0, 1], batch_size=5, num_instances=2, seed=0)
+
+
+def make_args(**overrides):
+    values = dict(batch_size=2, height=32, width=16, random_erasing=0.0, num_instances=0, seed=1, workers=0,
+                  deterministic=True)
+    return argparse.Namespace(**{**values, **overrides})
+
+
+def test_train_loader_yields_batches_and_caches(tmp_path):
+    items = [(write_image(tmp_path / f"{i}.png"), i % 2, 0) for i in range(5)]
+    for cache in (False, True):
+        loader = data.train_loader(items, make_args(), cache=cache)
+        data.start_epoch(loader, 0)
+        batches = list(loader)
+        assert len(batches) == 2
+        images, pids, camids, indices = batches[0]
+        assert images.shape == (2, 3, 32, 16) and pids.dtype == torch.int64
+
+
+def test_train_loader_refuses_a_split_smaller_than_a_batch(tmp_path):
+    items = [(write_image(tmp_path / "a.png"), 0, 0)]
+    with pytest.raises(UsageError, match="batch"):
+        data.train_loader(items, make_args(batch_size=4))

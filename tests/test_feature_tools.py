@@ -1,0 +1,187 @@
+"""The two visualisation CLIs, called through their ``main(argv)`` with tiny resnet18 models at 96x32."""
+import os
+import re
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from torchvision.io import write_png
+
+import single_features_cam
+import single_images_features_3
+from reid import checkpoint, models
+
+torch.set_num_threads(2)
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SIZE = ["--height", "96", "--width", "32"]
+
+
+def write_checkpoint(path, **options):
+    torch.manual_seed(0)
+    model = models.create("resnet18", num_classes=4, num_features=8, **options)
+    checkpoint.save({"arch": "resnet18", "model_options": dict(model.options), "model": model.state_dict(),
+                     "epoch": 1, "args": {}}, path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("inputs")
+    rows, columns = torch.meshgrid(torch.arange(64), torch.arange(32), indexing="ij")
+    image = torch.stack([rows * 4, columns * 8, (rows + columns) * 2]).clamp(max=255).to(torch.uint8)
+    write_png(image, str(folder / "person.png"))
+    return {"folder": folder, "image": str(folder / "person.png"),
+            "dsp": write_checkpoint(str(folder / "dsp.pth.tar")),
+            "baseline": write_checkpoint(str(folder / "baseline.pth.tar"), dsa=False, deep_supervision=False)}
+
+
+@pytest.fixture(autouse=True)
+def no_cached_imagenet_weights(monkeypatch, tmp_path):
+    monkeypatch.setattr(models, "imagenet_weights_path", lambda arch: str(tmp_path / "absent.pth"))
+
+
+def average_correlations(text):
+    return [float(value) for value in re.findall(r"^Avg\.Corr : (\d\.\d{3})", text, flags=re.MULTILINE)]
+
+
+def test_feature_maps_figures_and_shapes_per_layer(files, tmp_path, capsys):
+    out = tmp_path / "maps"
+    argv = ["--checkpoint", files["dsp"], "--image", files["image"], "--layers", "layer1", "layer2", "layer4",
+            "dsa1", "--out", str(out), *SIZE]
+    assert single_images_features_3.main(argv) == 0
+    shapes = {"layer1": (1, 64, 24, 8), "layer2": (1, 128, 12, 4), "layer4": (1, 512, 6, 2),
+              "dsa1": (1, 64, 24, 8)}
+    for layer, shape in shapes.items():
+        saved = np.load(out / f"person_{layer}.npy", allow_pickle=False)
+        assert saved.shape == shape and saved.dtype == np.float32
+        assert (out / f"person_{layer}.png").stat().st_size > 0
+        assert (out / f"person_{layer}_corr.png").stat().st_size > 0
+    values = average_correlations(capsys.readouterr().out)
+    assert len(values) == 4 and all(-1 <= value <= 1 for value in values)
+
+
+def test_without_a_checkpoint_the_baseline_has_random_weights_with_a_note(files, tmp_path, capsys):
+    argv = ["--image", files["image"], "-a", "resnet18", "--layers", "layer3", "--out", str(tmp_path), *SIZE]
+    assert single_images_features_3.main(argv) == 0
+    captured = capsys.readouterr()
+    assert "random weights" in captured.err
+    assert np.load(tmp_path / "person_layer3.npy").shape == (1, 256, 6, 2)
+
+
+def test_the_checkpoint_architecture_wins_over_arch(files, tmp_path, capsys):
+    argv = ["--checkpoint", files["dsp"], "-a", "resnet50", "--image", files["image"], "--layers", "layer1",
+            "--out", str(tmp_path), *SIZE]
+    assert single_images_features_3.main(argv) == 0
+    assert "-a resnet50 ignored" in capsys.readouterr().err
+    assert np.load(tmp_path / "person_layer1.npy").shape[1] == 64
+
+
+def test_compare_puts_baseline_and_dsp_side_by_side(files, tmp_path, capsys):
+    argv = ["--checkpoint", files["baseline"], "--compare", files["dsp"], "--image", files["image"],
+            "--out", str(tmp_path), *SIZE]
+    assert single_images_features_3.main(argv) == 0
+    assert len(average_correlations(capsys.readouterr().out)) == 4
+    for layer in ("layer1", "layer2"):
+        assert (tmp_path / f"person_{layer}_compare.png").stat().st_size > 0
+        assert np.load(tmp_path / f"person_{layer}_baseline.npy").shape == np.load(
+            tmp_path / f"person_{layer}_dsp.npy").shape
+
+
+def test_correlation_of_a_saved_map(tmp_path, capsys):
+    vector = np.random.default_rng(0).random((16, 1, 1)).astype(np.float32)
+    np.save(tmp_path / "same.npy", np.broadcast_to(vector, (1, 16, 3, 2)))
+    argv = ["--correlation", str(tmp_path / "same.npy"), "--out", str(tmp_path)]
+    assert single_images_features_3.main(argv) == 0
+    assert average_correlations(capsys.readouterr().out) == [1.0]
+    assert (tmp_path / "same_corr.png").stat().st_size > 0
+
+
+def test_to_npy_round_trip_gives_the_same_features(files, tmp_path, capsys):
+    npy = str(tmp_path / "converted.npy")
+    assert single_images_features_3.main(["--to-npy", files["image"], "--out", npy]) == 0
+    saved = np.load(npy, allow_pickle=False)
+    assert saved.shape == (64, 32, 3) and saved.dtype == np.uint8
+    for source, name in ((files["image"], "person"), (npy, "converted")):
+        argv = ["--checkpoint", files["dsp"], "--image", source, "--layers", "layer2", "--out", str(tmp_path),
+                *SIZE]
+        assert single_images_features_3.main(argv) == 0
+    np.testing.assert_array_equal(np.load(tmp_path / "person_layer2.npy"),
+                                  np.load(tmp_path / "converted_layer2.npy"))
+    assert single_images_features_3.main(["--to-npy", files["image"], "--out", str(tmp_path / "folder")]) == 0
+    assert (tmp_path / "folder" / "person.npy").is_file()
+
+
+@pytest.mark.parametrize("case,message", [
+    ("missing image", "does not exist"),
+    ("unknown layer", "Unknown layer 'layer9'.*layer1, layer2, layer3, layer4, dsa1, dsa2, dsa3"),
+    ("dsa without DSA", "dsa2 is a DSA gate, but baseline.pth.tar has no DSA blocks"),
+    ("pickled npy", "pickled"),
+    ("complex npy", "dtype complex"),
+    ("damaged checkpoint", "Could not load the checkpoint"),
+    ("foreign checkpoint", "not a checkpoint written by this project"),
+])
+def test_bad_input_is_a_clear_error(files, tmp_path, capsys, case, message):
+    np.save(tmp_path / "objects.npy", np.array([None], dtype=object), allow_pickle=True)
+    np.save(tmp_path / "complex.npy", np.zeros((64, 32, 3), np.complex64))
+    (tmp_path / "damaged.pth.tar").write_bytes(b"not a checkpoint")
+    torch.save({"weights": torch.zeros(2)}, tmp_path / "foreign.pth.tar")
+    image, extra = files["image"], []
+    if case == "missing image":
+        image = str(tmp_path / "nothing.jpg")
+    elif case == "unknown layer":
+        extra = ["--checkpoint", files["dsp"], "--layers", "layer9"]
+    elif case == "dsa without DSA":
+        extra = ["--checkpoint", files["baseline"], "--layers", "dsa2"]
+    elif case == "pickled npy":
+        image = str(tmp_path / "objects.npy")
+    elif case == "complex npy":
+        image = str(tmp_path / "complex.npy")
+    elif case == "damaged checkpoint":
+        extra = ["--checkpoint", str(tmp_path / "damaged.pth.tar")]
+    else:
+        extra = ["--checkpoint", str(tmp_path / "foreign.pth.tar")]
+    argv = ["--image", image, "-a", "resnet18", "--out", str(tmp_path / "out"), *SIZE, *extra]
+    assert single_images_features_3.main(argv) == 2
+    assert re.search(message, capsys.readouterr().err)
+
+
+def test_grad_cam_for_an_image_and_a_folder(files, tmp_path, capsys):
+    folder = tmp_path / "images"
+    folder.mkdir()
+    single_images_features_3.main(["--to-npy", files["image"], "--out", str(folder / "as_array.npy")])
+    write_png(torch.zeros(3, 40, 20, dtype=torch.uint8), str(folder / "dark.png"))
+    (folder / "notes.txt").write_text("not an image")
+    capsys.readouterr()
+    argv = ["--checkpoint", files["dsp"], "--image", str(folder), "--out", str(tmp_path / "cams"), *SIZE]
+    assert single_features_cam.main(argv) == 0
+    assert sorted(os.listdir(tmp_path / "cams")) == ["as_array_cam.png", "dark_cam.png"]
+    printed = capsys.readouterr().out
+    predictions = re.findall(r"predicted identity [0-3] \(training label index\), probability 0\.\d{3}", printed)
+    assert len(predictions) == 2
+    argv = ["--checkpoint", files["baseline"], "--image", files["image"], "--layer", "layer2",
+            "--out", str(tmp_path / "one"), *SIZE]
+    assert single_features_cam.main(argv) == 0
+    assert os.listdir(tmp_path / "one") == ["person_cam.png"]
+
+
+def test_grad_cam_refuses_bad_input(files, tmp_path, capsys):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    for extra, message in [(["--image", str(empty)], "holds no"),
+                           (["--image", files["image"], "--layer", "dsa1"], "Grad-CAM works on layer1"),
+                           (["--image", str(tmp_path / "missing.png")], "neither an image file nor a folder")]:
+        assert single_features_cam.main(["--checkpoint", files["dsp"], "--out", str(tmp_path), *extra]) == 2
+        assert re.search(message, capsys.readouterr().err)
+    with pytest.raises(SystemExit) as exit_info:
+        single_features_cam.main(["--image", files["image"]])
+    assert exit_info.value.code == 2
+
+
+def test_command_line_exit_code_without_traceback(tmp_path):
+    np.save(tmp_path / "flat.npy", np.zeros((8, 8), np.uint8))
+    result = subprocess.run([sys.executable, "single_images_features_3.py", "--image", str(tmp_path / "flat.npy")],
+                            cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    assert result.stderr.startswith("error: ") and "Traceback" not in result.stderr

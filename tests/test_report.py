@@ -1,0 +1,227 @@
+"""reid.report: the ablation table from fabricated run folders, and ablation.mk's dry run."""
+import csv
+import io
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from reid import report
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def write_results(folder, dsa=True, deep_supervision=True, **overrides):
+    record = {"dataset": "market", "arch": "resnet50", "epochs": 50, "rank1": 0.9312, "rank5": 0.975,
+              "rank10": 0.9851, "mAP": 0.8, "mINP": 0.4549, "num_valid_queries": 3368, "dsa": dsa,
+              "deep_supervision": deep_supervision, "parts": 6, "feature": "parts", "cmc_views": {},
+              "args": {"dataset": "market", "rerank": False, "flip_test": False}}
+    record.update(overrides)
+    os.makedirs(folder, exist_ok=True)
+    with open(os.path.join(folder, "results.json"), "w") as handle:
+        json.dump(record, handle)
+
+
+def write_file(path, text):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+
+
+def write_metrics(folder, epochs):
+    os.makedirs(folder, exist_ok=True)
+    with open(os.path.join(folder, "metrics.csv"), "w") as handle:
+        handle.write("epoch,loss,accuracy\n")
+        handle.writelines(f"{epoch},1.0,0.5\n" for epoch in range(1, epochs + 1))
+
+
+@pytest.fixture
+def ablation(tmp_path):
+    """logs/ablation-market with a full run, a baseline, one still training and one with broken JSON."""
+    parent = tmp_path / "logs" / "ablation-market"
+    write_results(parent / "full")
+    write_results(parent / "baseline", dsa=False, deep_supervision=False, rank1=0.871, mAP=0.6849)
+    write_metrics(parent / "dsa", epochs=12)
+    write_file(parent / "ds" / "results.json", '{"dataset": "market", "rank1": ')
+    return parent
+
+
+def run_report(capsys, *argv):
+    status = report.main([str(arg) for arg in argv])
+    captured = capsys.readouterr()
+    return status, captured.out, captured.err
+
+
+def markdown_rows(text):
+    """The table's body rows, as lists of stripped cells."""
+    lines = text.strip().splitlines()
+    return [[cell.strip() for cell in line.strip("|").split("|")] for line in lines[2:]]
+
+
+def test_markdown_table_orders_rows_as_the_ablation_and_lists_unfinished_runs_last(ablation, capsys):
+    status, out, _ = run_report(capsys, ablation)
+    assert status == 0
+    header, rule = out.splitlines()[:2]
+    assert [cell.strip() for cell in header.strip("|").split("|")] == list(report.COLUMNS)
+    assert rule.endswith("---:|")
+    rows = markdown_rows(out)
+    assert [row[0] for row in rows] == ["baseline", "full", "ds", "dsa"]
+    assert rows[0] == ["baseline", "market", "PCB baseline", "50", "87.1", "97.5", "98.5", "68.5", "45.5"]
+    assert rows[1] == ["full", "market", "DSA+DS (full)", "50", "93.1", "97.5", "98.5", "80.0", "45.5"]
+    assert rows[2][2].startswith("results.json is not valid JSON")
+    assert rows[3][2] == "no results.json (still training? last epoch in metrics.csv: 12)"
+    assert rows[3][3:] == [""] * 6
+
+
+def test_rows_are_grouped_by_dataset_and_named_relative_to_their_common_parent(tmp_path, capsys):
+    write_results(tmp_path / "duke" / "full", dataset="duke")
+    write_results(tmp_path / "market" / "full")
+    write_results(tmp_path / "duke" / "dsa", dataset="duke", deep_supervision=False)
+    status, out, _ = run_report(capsys, tmp_path / "duke" / "full", tmp_path / "market" / "full",
+                                tmp_path / "duke" / "dsa")
+    assert status == 0
+    assert [row[:3] for row in markdown_rows(out)] == [["duke/dsa", "duke", "+DSA"],
+                                                       ["duke/full", "duke", "DSA+DS (full)"],
+                                                       ["market/full", "market", "DSA+DS (full)"]]
+
+
+@pytest.mark.parametrize("changes, expected", [
+    ({"dsa": False, "deep_supervision": False}, "PCB baseline"),
+    ({"dsa": True, "deep_supervision": False}, "+DSA"),
+    ({"dsa": False, "deep_supervision": True}, "+DS"),
+    ({"dsa": True, "deep_supervision": True}, "DSA+DS (full)"),
+    ({"dsa": False, "deep_supervision": True, "parts": 4, "feature": "reduced",
+      "args": {"rerank": True, "flip_test": True}}, "+DS, 4 parts, reduced feature, re-ranked, flip test"),
+    ({"dsa": True, "deep_supervision": True, "args": None}, "DSA+DS (full)"),
+])
+def test_switches_name_the_ablation_row_and_note_what_is_not_default(changes, expected):
+    record = {"parts": 6, "feature": "parts", "args": {"rerank": False}, **changes}
+    assert report.describe_switches(record) == expected
+
+
+def test_csv_output_parses_with_the_csv_module(ablation, capsys):
+    status, out, _ = run_report(capsys, ablation, "--csv")
+    assert status == 0
+    rows = list(csv.DictReader(io.StringIO(out)))
+    assert list(rows[0]) == list(report.COLUMNS)
+    assert [row["run"] for row in rows] == ["baseline", "full", "ds", "dsa"]
+    assert rows[1]["switches"] == "DSA+DS (full)" and rows[1]["rank-1"] == "93.1" and rows[1]["mAP"] == "80.0"
+    assert rows[3]["switches"] == "no results.json (still training? last epoch in metrics.csv: 12)"
+    assert rows[3]["rank-1"] == ""
+
+
+@pytest.mark.parametrize("make_run, problem", [
+    (lambda folder: None, "folder missing"),
+    (lambda folder: folder.mkdir(),
+     "no results.json (no metrics.csv either: not started, or stopped before its first epoch)"),
+    (lambda folder: write_metrics(folder, epochs=0), "no results.json (still training? metrics.csv has no epoch yet)"),
+    (lambda folder: write_file(folder / "results.json", "[1, 2]"), "results.json is not a JSON object"),
+    (lambda folder: write_results(folder, rank5="97%"), "results.json: rank5 not a number"),
+])
+def test_a_run_without_usable_results_gets_a_row_saying_what_is_missing(tmp_path, capsys, make_run, problem):
+    make_run(tmp_path / "run")
+    status, out, err = run_report(capsys, tmp_path / "run")
+    assert status == 1
+    assert markdown_rows(out) == [["run", "", problem, "", "", "", "", "", ""]]
+    assert "no results yet" in err
+
+
+def test_missing_keys_are_named(tmp_path, capsys):
+    write_results(tmp_path / "old")
+    record = json.loads((tmp_path / "old" / "results.json").read_text())
+    del record["mINP"], record["dsa"]
+    (tmp_path / "old" / "results.json").write_text(json.dumps(record))
+    _, out, _ = run_report(capsys, tmp_path / "old")
+    assert markdown_rows(out)[0][2] == "results.json lacks dsa, mINP"
+
+
+def test_a_glob_expanded_list_skips_files_and_accepts_results_json_paths(ablation, capsys):
+    (ablation / "table.md").write_text("old table\n")
+    arguments = sorted(str(path) for path in ablation.iterdir())
+    status, out, err = run_report(capsys, *arguments, ablation / "full" / "results.json")
+    assert status == 0
+    assert [row[0] for row in markdown_rows(out)] == ["baseline", "full", "ds", "dsa"]
+    assert "table.md: a file, not a run folder" in err
+
+
+def test_a_quoted_glob_is_expanded(ablation, capsys):
+    _, out, _ = run_report(capsys, f"{ablation}/*")
+    assert [row[0] for row in markdown_rows(out)] == ["baseline", "full", "ds", "dsa"]
+
+
+def test_out_writes_the_printed_table(ablation, capsys):
+    out_file = ablation / "table.md"
+    status, out, _ = run_report(capsys, ablation, "--out", out_file)
+    assert status == 0
+    assert out_file.read_text() == out
+
+
+def test_usage_errors_exit_2_without_a_traceback(ablation, tmp_path, capsys):
+    status, out, err = run_report(capsys, ablation, "--out", tmp_path / "no-such-folder" / "table.md")
+    assert status == 2 and out == ""
+    assert err.startswith("error: --out ") and "Traceback" not in err
+    (tmp_path / "notes.txt").write_text("")
+    status, _, err = run_report(capsys, tmp_path / "notes.txt")
+    assert status == 2 and "is a run folder" in err
+    with pytest.raises(SystemExit) as stop:
+        report.main([])
+    assert stop.value.code == 2
+
+
+def test_runs_as_a_module(ablation):
+    result = subprocess.run([sys.executable, "-m", "reid.report", str(ablation), "--csv"], cwd=REPO,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("run,dataset,switches,epochs,rank-1")
+
+
+def dry_run(folder, target, *variables):
+    """``make -n TARGET`` in ``folder`` with a Makefile that defines what the project's Makefile does."""
+    (folder / "Makefile").write_text(
+        "PY := .venv/bin/python\nINSTALLED := .venv/.installed\n"
+        "DEMO_ARGS ?= -d synthetic --data-dir data/synthetic -a resnet18 --epochs 15\n"
+        "$(INSTALLED):\n\ttouch $@\n"
+        f"include {os.path.join(REPO, 'ablation.mk')}\n")
+    result = subprocess.run(["make", "-n", target, *variables], cwd=folder, capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 0, result.stderr
+    return [line for line in result.stdout.splitlines() if "main.py" in line or "reid.report" in line]
+
+
+needs_make = pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed")
+
+
+@needs_make
+def test_ablation_synthetic_dry_run_trains_the_four_rows_then_reports(tmp_path):
+    demo = ".venv/bin/python main.py -d synthetic --data-dir data/synthetic -a resnet18 --epochs 15"
+    assert dry_run(tmp_path, "ablation-synthetic") == [
+        f"{demo} --no-dsa --no-deep-supervision --logs-dir logs/ablation-synthetic/baseline",
+        f"{demo} --no-deep-supervision --logs-dir logs/ablation-synthetic/dsa",
+        f"{demo} --no-dsa --logs-dir logs/ablation-synthetic/ds",
+        f"{demo} --logs-dir logs/ablation-synthetic/full",
+        ".venv/bin/python -m reid.report logs/ablation-synthetic --out logs/ablation-synthetic/table.md",
+    ]
+
+
+@needs_make
+def test_ablation_market_dry_run_uses_the_paper_command_and_skips_finished_rows(tmp_path):
+    write_results(tmp_path / "logs" / "ablation-market" / "dsa")
+    lines = dry_run(tmp_path, "ablation-market", "MARKET_DIR=/data/market", "ABLATION_EXTRA=--amp")
+    paper = (".venv/bin/python main.py -d market --data-dir /data/market -b 48 -j 4 --epochs 50 "
+             "--combine-trainval --step-size 40")
+    assert lines == [
+        f"{paper} --no-dsa --no-deep-supervision --amp --logs-dir logs/ablation-market/baseline",
+        f"{paper} --no-dsa --amp --logs-dir logs/ablation-market/ds",
+        f"{paper} --amp --logs-dir logs/ablation-market/full",
+        ".venv/bin/python -m reid.report logs/ablation-market --out logs/ablation-market/table.md",
+    ]
+
+
+@needs_make
+def test_ablation_duke_dry_run_reads_duke_dir(tmp_path):
+    lines = dry_run(tmp_path, "ablation-duke")
+    assert len(lines) == 5
+    assert all(" -d duke --data-dir data/DukeMTMC-reID -b 48 " in line for line in lines[:4])
+    assert lines[4].endswith("-m reid.report logs/ablation-duke --out logs/ablation-duke/table.md")
