@@ -1,0 +1,161 @@
+"""What every dataset shares: the file-name parser, folder listing, validation split and summary table.
+
+A dataset module only names its file-name pattern and folders; ``load_standard_layout`` does the rest.
+"""
+import os
+import re
+from dataclasses import dataclass, field
+
+from ..errors import UsageError
+
+IMAGE_EXTENSIONS = r"(?i:jpe?g|png)"
+JUNK_PID = -1
+STANDARD_FOLDERS = {"train": "bounding_box_train", "query": "query", "gallery": "bounding_box_test"}
+
+
+@dataclass
+class ReidDataset:
+    """Lists of ``(path, pid, camid)``; ``train`` pids are 0..num_train_ids-1, the others keep the file's id."""
+
+    name: str
+    root: str
+    train: list
+    val_query: list = field(default_factory=list)
+    val_gallery: list = field(default_factory=list)
+    query: list = field(default_factory=list)
+    gallery: list = field(default_factory=list)
+    num_train_ids: int = 0
+    num_ignored: int = 0
+
+    def summary(self, title=None):
+        """The open-reid table: identities and images per subset."""
+        rows = [("train", self.num_train_ids, len(self.train))]
+        if self.val_query or self.val_gallery:
+            val = self.val_query + self.val_gallery
+            rows.append(("val", count_ids(val), len(val)))
+        rows += [("query", count_ids(self.query), len(self.query)),
+                 ("gallery", count_ids(self.gallery), len(self.gallery))]
+        lines = [f"{title or self.name} dataset loaded",
+                 "  subset   | # ids | # images",
+                 "  ---------------------------"]
+        lines += [f"  {subset:<8} | {ids:5d} | {images:8d}" for subset, ids, images in rows]
+        if self.num_ignored:
+            lines.append(f"  (ignored {self.num_ignored} files whose names do not match the naming scheme)")
+        return "\n".join(lines)
+
+
+def file_pattern(name_body):
+    """Compile an anchored pattern from the part of a name before the image extension.
+
+    ``name_body`` must define the groups ``pid`` (``-1`` for junk) and ``cam`` (1-based camera).
+    """
+    return re.compile(rf"^{name_body}\.{IMAGE_EXTENSIONS}$")
+
+
+def parse_name(filename, pattern):
+    """``(pid, camid)`` of an image file name, camid 0-based; None when the name does not fit ``pattern``."""
+    match = pattern.match(filename)
+    if match is None:
+        return None
+    pid, cam = int(match["pid"]), int(match["cam"])
+    if cam < 1:
+        return None
+    return pid, cam - 1
+
+
+def count_ids(items):
+    return len({pid for _, pid, _ in items})
+
+
+def list_folder(folder, pattern):
+    """Items ``(path, pid, camid)`` of the images in ``folder`` sorted by name, junk dropped; plus the
+    number of files whose names do not fit ``pattern``."""
+    items, ignored = [], 0
+    for filename in sorted(os.listdir(folder)):
+        path = os.path.join(folder, filename)
+        parsed = parse_name(filename, pattern)
+        if parsed is None or not os.path.isfile(path):
+            ignored += 1
+            continue
+        pid, camid = parsed
+        if pid != JUNK_PID:
+            items.append((path, pid, camid))
+    return items, ignored
+
+
+def check_root(root, download_hint):
+    if not os.path.isdir(root):
+        what = "is not a folder" if os.path.exists(root) else "does not exist"
+        raise UsageError(f"The dataset folder {root} {what}; {download_hint}")
+
+
+def load_standard_layout(name, root, pattern, scheme, download_hint, folders=STANDARD_FOLDERS):
+    """Read the train/query/gallery folders of ``root``: returns the three item lists and the ignored count.
+
+    ``scheme`` describes the expected file names (for error messages).
+    """
+    check_root(root, download_hint)
+    missing = [folder for folder in folders.values() if not os.path.isdir(os.path.join(root, folder))]
+    if missing:
+        contents = sorted(os.listdir(root))
+        shown = ", ".join(contents[:12]) + (", ..." if len(contents) > 12 else "") if contents else "nothing"
+        raise UsageError(
+            f"The {name} folder {root} has no sub-folder {' or '.join(missing)} (it contains: {shown}). "
+            f"Expected the layout {root}/{{{','.join(folders.values())}}}/ with images named like {scheme}; "
+            f"pass the folder that holds these three sub-folders with --data-dir.")
+    splits, num_ignored = {}, 0
+    for split, folder in folders.items():
+        path = os.path.join(root, folder)
+        items, ignored = list_folder(path, pattern)
+        if not items:
+            raise UsageError(
+                f"The {name} folder {path} has no usable image ({ignored} files with other names were "
+                f"ignored). Expected .jpg/.jpeg/.png images named like {scheme}.")
+        splits[split] = items
+        num_ignored += ignored
+    return splits["train"], splits["query"], splits["gallery"], num_ignored
+
+
+def relabel(items):
+    """Map the pids of ``items`` to 0..N-1 in the order of the original ids; returns (items, N)."""
+    new_label = {pid: label for label, pid in enumerate(sorted({pid for _, pid, _ in items}))}
+    return [(path, new_label[pid], camid) for path, pid, camid in items], len(new_label)
+
+
+def validation_size(num_ids, num_val):
+    """How many of ``num_ids`` identities to hold out: ``num_val``, but at most a fifth of them and at
+    least one when there are two or more."""
+    if num_val <= 0 or num_ids < 2:
+        return 0
+    return min(num_val, max(1, num_ids // 5))
+
+
+def split_validation(items, num_val):
+    """Hold out evenly spaced identities of ``items``: returns ``(train, val_query, val_gallery)``.
+
+    ``val_query`` takes the first image of every (identity, camera) of the held-out identities and
+    ``val_gallery`` the rest; ``train`` keeps the other identities with their original pids.
+    """
+    ids = sorted({pid for _, pid, _ in items})
+    size = validation_size(len(ids), num_val)
+    held_out = {ids[i * len(ids) // size] for i in range(size)}
+    train, val_query, val_gallery, seen = [], [], [], set()
+    for path, pid, camid in items:
+        if pid not in held_out:
+            train.append((path, pid, camid))
+        elif (pid, camid) in seen:
+            val_gallery.append((path, pid, camid))
+        else:
+            seen.add((pid, camid))
+            val_query.append((path, pid, camid))
+    return train, val_query, val_gallery
+
+
+def build_dataset(name, root, train, query, gallery, num_ignored, combine_trainval, num_val):
+    """Assemble a ``ReidDataset``: the optional validation split, then train relabelled to 0..N-1."""
+    val_query, val_gallery = [], []
+    if not combine_trainval:
+        train, val_query, val_gallery = split_validation(train, num_val)
+    train, num_train_ids = relabel(train)
+    return ReidDataset(name=name, root=root, train=train, val_query=val_query, val_gallery=val_gallery,
+                       query=query, gallery=gallery, num_train_ids=num_train_ids, num_ignored=num_ignored)
