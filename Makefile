@@ -8,9 +8,9 @@ INSTALLED := $(VENV)/.installed
 DEMO_DATA ?= data/synthetic
 DEMO_LOGS ?= logs/demo
 DEMO_ARGS ?= -d synthetic --data-dir $(DEMO_DATA) -a resnet18 --no-pretrained --height 128 --width 64 \
-	-b 32 -j 2 --epochs 15 --step-size 10 --lr 0.05 --eval-freq 5 --combine-trainval
+	-b 32 -j 2 --epochs 12 --step-size 8 --lr 0.05 --eval-freq 4 --combine-trainval
 
-.PHONY: venv test demo
+.PHONY: venv test demo sample-features
 
 venv: $(INSTALLED)
 
@@ -23,6 +23,39 @@ test: $(INSTALLED)
 	$(PY) -m pytest -q
 
 demo: $(INSTALLED)
+	$(PY) main.py $(DEMO_ARGS) --logs-dir $(DEMO_LOGS)
+
+# sample_features/: the feature tools' outputs for the demo model on two synthetic query images (listed in its
+# README.md). The demo is trained first when its model_best.pth.tar is missing. The --compare baseline is the
+# ablation's baseline row when logs/ablation-synthetic/baseline has been trained, else an untrained ResNet-18.
+SAMPLE_DIR ?= sample_features
+SAMPLE_IMAGE ?= 0101_c3s1_000025_01
+SAMPLE_COMPARE_IMAGE ?= 0150_c3s1_000025_01
+SAMPLE_BASELINE ?= logs/ablation-synthetic/baseline/model_best.pth.tar
+SAMPLE_EVAL ?= logs/demo-visrank
+SAMPLE_DPI ?= 72
+DEMO_BEST := $(DEMO_LOGS)/model_best.pth.tar
+SAMPLE_QUERY = $(DEMO_DATA)/query
+SAMPLE_BASELINE_FLAG = $(if $(wildcard $(SAMPLE_BASELINE)),--checkpoint $(SAMPLE_BASELINE))
+
+sample-features: $(DEMO_BEST) | $(INSTALLED)
+	mkdir -p $(SAMPLE_DIR)
+	rm -f $(SAMPLE_DIR)/*.npy $(SAMPLE_DIR)/*.png
+	$(PY) single_images_features_3.py --checkpoint $(DEMO_BEST) --image $(SAMPLE_QUERY)/$(SAMPLE_IMAGE).jpg \
+		--layers layer1 layer2 dsa1 --dpi $(SAMPLE_DPI) --out $(SAMPLE_DIR)
+	$(PY) single_images_features_3.py --compare $(DEMO_BEST) --image $(SAMPLE_QUERY)/$(SAMPLE_COMPARE_IMAGE).jpg \
+		--layers layer1 layer2 --dpi $(SAMPLE_DPI) --out $(SAMPLE_DIR) $(SAMPLE_BASELINE_FLAG)
+	$(PY) single_features_cam.py --checkpoint $(DEMO_BEST) --image $(SAMPLE_QUERY)/$(SAMPLE_IMAGE).jpg \
+		--dpi $(SAMPLE_DPI) --out $(SAMPLE_DIR)
+	$(PY) single_features_cam.py --checkpoint $(DEMO_BEST) --image $(SAMPLE_QUERY)/$(SAMPLE_COMPARE_IMAGE).jpg \
+		--dpi $(SAMPLE_DPI) --out $(SAMPLE_DIR)
+	rm -rf $(SAMPLE_EVAL)/visrank
+	$(PY) main.py $(DEMO_ARGS) --evaluate --resume $(DEMO_BEST) --visrank 5 --logs-dir $(SAMPLE_EVAL)
+	for figure in $$(ls $(SAMPLE_EVAL)/visrank/*.png | head -n 2); do \
+		cp $$figure $(SAMPLE_DIR)/ranklist_$$(basename $$figure) || exit 1; done
+	cp $(DEMO_LOGS)/curves.png $(SAMPLE_DIR)/demo_curves.png
+
+$(DEMO_BEST): | $(INSTALLED)
 	$(PY) main.py $(DEMO_ARGS) --logs-dir $(DEMO_LOGS)
 
 include ablation.mk

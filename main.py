@@ -115,6 +115,10 @@ def main(argv=None):
     except RunInterrupted as stop:
         print(stop, file=sys.stderr)
         return stop.exit_code
+    except KeyboardInterrupt:
+        print("Interrupted. The checkpoints already in the logs folder are intact; resume from one with --resume.",
+              file=sys.stderr)
+        return 130
     return 0
 
 

@@ -3,6 +3,7 @@
     python single_features_cam.py --checkpoint logs/market/model_best.pth.tar --image 0027_c1s4_033481_01.jpg
     python single_features_cam.py --checkpoint logs/market/model_best.pth.tar --image query/ --layer layer3
 
+Images are resized to --height x --width, by default the size the checkpoint was trained at (else 384x128).
 One PNG per image, <stem>_cam.png: image | Grad-CAM of the predicted identity on --layer | the DSA gate maps
 (dsa1..dsa3, channel mean of the fused gate) when the model has DSA. The identity is the training label index
 (the mean of the part classifiers' logits), printed with its softmax probability.
@@ -24,13 +25,19 @@ def get_args_parser():
                         help="image file, .npy (H x W x 3 or 3 x H x W), or a folder of them")
     parser.add_argument("--layer", default="layer4", help=f"Grad-CAM layer: {', '.join(visualize.CAM_LAYERS)}")
     parser.add_argument("--out", metavar="DIR", default="cams", help="output folder")
-    parser.add_argument("--height", type=int, default=384)
-    parser.add_argument("--width", type=int, default=128)
+    parser.add_argument("--height", type=int, default=None,
+                        help="input height (default: the size the checkpoint was trained at, else 384)")
+    parser.add_argument("--width", type=int, default=None,
+                        help="input width (default: the size the checkpoint was trained at, else 128)")
+    parser.add_argument("--dpi", type=int, default=visualize.DPI, help="resolution of the figures")
     return parser
 
 
 def main(argv=None):
-    args = get_args_parser().parse_args(argv)
+    parser = get_args_parser()
+    args = parser.parse_args(argv)
+    if args.dpi < 10:
+        parser.error(f"--dpi must be at least 10, got {args.dpi}")
     try:
         run(args)
     except UsageError as error:
@@ -40,22 +47,21 @@ def main(argv=None):
 
 
 def run(args):
-    if args.height < 16 or args.width < 16:
-        raise UsageError(f"--height/--width must be at least 16 pixels, got {args.height}x{args.width}.")
     visualize.check_cam_layer(args.layer)
     paths = image_paths(args.image)
-    model = visualize.load_trained_model(args.checkpoint)
+    model, trained_size = visualize.load_trained_model(args.checkpoint)
+    height, width = visualize.input_size(args.height, args.width, [trained_size])
     visualize.output_folder(args.out)
     gate_names = [layer for layer in visualize.available_layers(model) if layer.startswith("dsa")]
     for path in paths:
-        image, batch = visualize.prepare_image(visualize.load_image(path), args.height, args.width)
+        image, batch = visualize.prepare_image(visualize.load_image(path), height, width)
         cam, label, probability = visualize.grad_cam(model, batch, args.layer)
         gates = {name: visualize.activation_map(gate[0])
                  for name, gate in visualize.extract_feature_maps(model, batch, gate_names).items()}
         stem = os.path.splitext(os.path.basename(path))[0]
         figure_path = os.path.join(args.out, f"{stem}_cam.png")
         visualize.plot_cam(image, cam, gates, figure_path,
-                           f"{stem}\nidentity {label} (p = {probability:.3f}), Grad-CAM on {args.layer}")
+                           f"{stem}\nidentity {label} (p = {probability:.3f}), Grad-CAM on {args.layer}", args.dpi)
         print(f"{path}: predicted identity {label} (training label index), probability {probability:.3f} "
               f"-> {figure_path}")
 

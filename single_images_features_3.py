@@ -2,14 +2,15 @@
 
     # the trained model's layer1/layer2 maps: <stem>_<layer>.npy, <stem>_<layer>.png, <stem>_<layer>_corr.png
     python single_images_features_3.py --checkpoint logs/market/model_best.pth.tar --image 0027_c1s4_033481_01.jpg
-    # the paper's figure: baseline (ImageNet ResNet-50, or --checkpoint) next to DSP
+    # the paper's figure: baseline (ImageNet ResNet of the DSP model's depth, or --checkpoint) left, DSP right
     python single_images_features_3.py --image 0027_c1s4_033481_01.jpg --compare logs/market/model_best.pth.tar
     # the correlation figure of a map saved earlier, and an image converted to .npy
     python single_images_features_3.py --correlation feature_maps/0027_c1s4_033481_01_layer1.npy
     python single_images_features_3.py --to-npy 0027_c1s4_033481_01.jpg
 
-Avg.Corr is the mean of the (h*w x h*w) Pearson correlation matrix between the C-dim feature vectors of all
-positions; a constant position vector counts as uncorrelated with every other position.
+The input is resized to --height x --width, by default the size the checkpoint was trained at (main.py
+records it), else 384x128. Avg.Corr is the mean of the (h*w x h*w) Pearson correlation matrix between the
+C-dim feature vectors of all positions; a constant position vector counts as uncorrelated with every other one.
 """
 import argparse
 import os
@@ -30,26 +31,33 @@ def get_args_parser():
                         help="training checkpoint (default: plain ResNet with ImageNet weights, or random ones)")
     parser.add_argument("--compare", metavar="CKPT2", help="DSP checkpoint drawn next to the baseline")
     parser.add_argument("-a", "--arch", default=None,
-                        help="baseline architecture without --checkpoint (default resnet50)")
+                        help="baseline architecture without --checkpoint (default: that of --compare, else "
+                             "resnet50)")
     parser.add_argument("--layers", nargs="+", default=["layer1", "layer2"],
                         help=f"any of {', '.join(visualize.LAYERS)} (dsaK: the DSA gates)")
     parser.add_argument("--out", metavar="DIR", default=None,
                         help="output folder (default feature_maps); for --to-npy a .npy path or a folder "
                              "(default: next to the image)")
-    parser.add_argument("--height", type=int, default=384)
-    parser.add_argument("--width", type=int, default=128)
+    parser.add_argument("--height", type=int, default=None,
+                        help="input height (default: the size the checkpoint was trained at, else 384)")
+    parser.add_argument("--width", type=int, default=None,
+                        help="input width (default: the size the checkpoint was trained at, else 128)")
+    parser.add_argument("--dpi", type=int, default=visualize.DPI, help="resolution of the figures")
     return parser
 
 
 def main(argv=None):
-    args = get_args_parser().parse_args(argv)
+    parser = get_args_parser()
+    args = parser.parse_args(argv)
+    if args.dpi < 10:
+        parser.error(f"--dpi must be at least 10, got {args.dpi}")
     try:
         if args.image is None and (args.checkpoint or args.compare):
             raise UsageError("--checkpoint and --compare go with --image.")
         if args.to_npy:
             convert(args.to_npy, args.out)
         elif args.correlation:
-            correlation(args.correlation, args.out or "feature_maps")
+            correlation(args.correlation, args.out or "feature_maps", args.dpi)
         else:
             extract(args)
     except UsageError as error:
@@ -72,76 +80,91 @@ def convert(image_path, out):
     print(f"wrote {path}")
 
 
-def correlation(feature_path, out):
+def correlation(feature_path, out, dpi):
     feature_map = visualize.load_feature_map(feature_path)
     matrix = visualize.spatial_correlation(feature_map)
     stem = os.path.splitext(os.path.basename(feature_path))[0]
     path = os.path.join(visualize.output_folder(out), f"{stem}_corr.png")
     channels, height, width = feature_map.shape
-    visualize.plot_correlation(matrix, path, f"{stem}: {channels} channels, {height}x{width} positions")
-    print(f"Avg.Corr : {visualize.average_correlation(matrix):.3f}  ({path})")
+    visualize.plot_correlation(matrix, path, f"{stem}: {channels} channels, {height}x{width} positions", dpi)
+    print(f"{visualize.correlation_title(matrix)}  ({path})")
 
 
 def extract(args):
-    if args.height < 16 or args.width < 16:
-        raise UsageError(f"--height/--width must be at least 16 pixels, got {args.height}x{args.width}.")
-    image, batch = visualize.prepare_image(visualize.load_image(args.image), args.height, args.width)
-    baseline_name, baseline = _baseline(args.checkpoint, args.arch)
+    original = visualize.load_image(args.image)
     if args.compare:
-        named_models = [(f"baseline: {baseline_name}", baseline),
-                        (f"DSP: {os.path.basename(args.compare)}", visualize.load_trained_model(args.compare))]
+        dsp, dsp_size = visualize.load_trained_model(args.compare)
+        baseline_name, baseline, baseline_size = _baseline(args.checkpoint, args.arch, dsp.arch)
+        named_models = [(f"baseline: {baseline_name}", baseline), (f"DSP: {checkpoint_name(args.compare)}", dsp)]
+        sizes = [dsp_size, baseline_size]
     else:
-        named_models = [(baseline_name, baseline)]
+        baseline_name, baseline, baseline_size = _baseline(args.checkpoint, args.arch, "resnet50")
+        named_models, sizes = [(baseline_name, baseline)], [baseline_size]
     for name, model in named_models:
         visualize.check_layers(args.layers, model, name)
+    height, width = visualize.input_size(args.height, args.width, sizes)
+    if None in (args.height, args.width) and len({size for size in sizes if size is not None}) > 1:
+        print(f"note: the two checkpoints were trained at different sizes; both get {height}x{width} "
+              f"(--height/--width).", file=sys.stderr)
+    image, batch = visualize.prepare_image(original, height, width)
     folder = visualize.output_folder(args.out or "feature_maps")
     stem = os.path.splitext(os.path.basename(args.image))[0]
     maps = [visualize.extract_feature_maps(model, batch, args.layers) for _, model in named_models]
     names = [name for name, _ in named_models]
     for layer in args.layers:
         if args.compare:
-            _compare_layer(image, stem, layer, folder, names, [model_maps[layer] for model_maps in maps])
+            _compare_layer(image, stem, layer, folder, names, [model_maps[layer] for model_maps in maps], args.dpi)
         else:
-            _single_layer(image, stem, layer, folder, baseline_name, maps[0][layer])
-    print(f"files written to {folder}")
+            _single_layer(image, stem, layer, folder, baseline_name, maps[0][layer], args.dpi)
+    print(f"files written to {folder} (input {height}x{width})")
 
 
-def _single_layer(image, stem, layer, folder, model_name, feature_map):
+def _single_layer(image, stem, layer, folder, model_name, feature_map, dpi):
     """<stem>_<layer>.npy, the heatmap figure <stem>_<layer>.png and <stem>_<layer>_corr.png."""
     visualize.save_feature_map(os.path.join(folder, f"{stem}_{layer}.npy"), feature_map)
     _, channels, height, width = feature_map.shape
     visualize.plot_feature_map(image, feature_map[0], os.path.join(folder, f"{stem}_{layer}.png"),
-                               f"{stem}: {layer} of {model_name} ({channels} channels)")
+                               f"{stem}: {layer} of {model_name} ({channels} channels)", dpi)
     matrix = visualize.spatial_correlation(feature_map[0])
     visualize.plot_correlation(matrix, os.path.join(folder, f"{stem}_{layer}_corr.png"),
-                               f"{stem}: {layer}, {height}x{width} positions")
-    print(f"Avg.Corr : {visualize.average_correlation(matrix):.3f}  ({layer})")
+                               f"{stem}: {layer} of {model_name}, {height}x{width} positions", dpi)
+    print(f"{visualize.correlation_title(matrix)}  ({layer})")
 
 
-def _compare_layer(image, stem, layer, folder, names, feature_maps):
+def _compare_layer(image, stem, layer, folder, names, feature_maps, dpi):
     """<stem>_<layer>_baseline.npy, <stem>_<layer>_dsp.npy and the side-by-side <stem>_<layer>_compare.png."""
-    rows = []
+    models_maps = []
     for name, feature_map, tag in zip(names, feature_maps, ("baseline", "dsp")):
         visualize.save_feature_map(os.path.join(folder, f"{stem}_{layer}_{tag}.npy"), feature_map)
         matrix = visualize.spatial_correlation(feature_map[0])
-        print(f"Avg.Corr : {visualize.average_correlation(matrix):.3f}  ({layer}, {name})")
-        rows.append((name, feature_map[0], matrix))
-    visualize.plot_comparison(image, rows, os.path.join(folder, f"{stem}_{layer}_compare.png"), f"{stem}: {layer}")
+        print(f"{visualize.correlation_title(matrix)}  ({layer}, {name})")
+        models_maps.append((name, feature_map[0], matrix))
+    _, channels, height, width = feature_maps[0].shape
+    visualize.plot_comparison(image, models_maps, os.path.join(folder, f"{stem}_{layer}_compare.png"),
+                              f"{stem}: {layer}, {height}x{width} positions (baseline left, DSP right)", dpi)
 
 
-def _baseline(checkpoint_path, arch):
-    """The left-hand model: a checkpoint (its own architecture wins over -a) or a plain ResNet."""
+def _baseline(checkpoint_path, arch, default_arch):
+    """The left-hand model, its name and training size: a checkpoint (its own architecture wins over -a), or
+    a plain ResNet of -a (default ``default_arch``: the --compare model's architecture, else resnet50)."""
     if checkpoint_path:
-        model = visualize.load_trained_model(checkpoint_path)
+        model, size = visualize.load_trained_model(checkpoint_path)
         if arch and arch != model.arch:
             print(f"note: -a {arch} ignored: {checkpoint_path} holds a {model.arch} model.", file=sys.stderr)
-        return os.path.basename(checkpoint_path), model
-    arch = arch or "resnet50"
+        return checkpoint_name(checkpoint_path), model, size
+    arch = arch or default_arch
     model, pretrained = visualize.baseline_model(arch)
-    if not pretrained:
-        print(f"note: ImageNet weights for {arch} are not in torchvision's cache; the baseline has random "
-              f"weights.", file=sys.stderr)
-    return f"{'ImageNet' if pretrained else 'random'} {arch}", model
+    if pretrained:
+        return f"ImageNet {arch}", model, None
+    print(f"note: ImageNet weights for {arch} are not in torchvision's cache; the baseline has random "
+          f"weights.", file=sys.stderr)
+    return f"untrained {arch} (random weights)", model, None
+
+
+def checkpoint_name(path):
+    """A checkpoint's file name with its folder, e.g. ``demo/model_best.pth.tar``."""
+    folder = os.path.basename(os.path.dirname(os.path.abspath(path)))
+    return f"{folder}/{os.path.basename(path)}" if folder else os.path.basename(path)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,8 @@
 """Checkpoints: plain dicts written atomically and read back without running any pickled code."""
 import os
+import re
 import tempfile
+import warnings
 
 import torch
 
@@ -45,10 +47,25 @@ def load(path):
         raise UsageError(f"The checkpoint {path} does not exist (--resume / --checkpoint expects a "
                          f"checkpoint.pth.tar or model_best.pth.tar written by main.py).")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")  # a garbage file: see below
+            return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:
-        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise UsageError(
-            f"Could not load the checkpoint {path}: it is damaged, not a PyTorch checkpoint, or holds "
-            f"objects other than tensors and plain values, which are refused because unpickling them could "
-            f"run code ({first_line}).") from None
+        code = re.search(r"GLOBAL (\S+) was not an allowed global", str(error))
+        if code:
+            raise UsageError(
+                f"Could not load the checkpoint {path}: it refers to the Python object {code[1]}, not only to "
+                f"tensors and plain values, and is refused because unpickling it could run code. Use a "
+                f"checkpoint written by this project's main.py.") from None
+        raise UsageError(f"Could not load the checkpoint {path}: it is damaged or not a PyTorch checkpoint "
+                         f"({_reason(error)}).") from None
+
+
+def _reason(error):
+    """The informative part of a torch.load error: the unpickler's complaint, without torch's advice to
+    load with weights_only=False or its terminal colour codes."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(error)).strip()
+    detail = re.search(r"WeightsUnpickler error:\s*([^\n]+)", text)
+    if detail:
+        return detail[1].strip().rstrip(".")
+    return text.splitlines()[0].rstrip(".") if text else f"{type(error).__name__}: the file is empty or cut short"

@@ -15,7 +15,7 @@ def read_image(path):
     try:
         return decode_image(read_file(path), mode=ImageReadMode.RGB)
     except (RuntimeError, OSError, ValueError) as error:
-        raise UsageError(f"Cannot read the image {path}: {str(error).strip() or type(error).__name__}. "
+        raise UsageError(f"Cannot read the image {path}: {str(error).strip().rstrip('.') or type(error).__name__}. "
                          f"Expected a JPEG or PNG file; remove or replace it.") from None
 
 

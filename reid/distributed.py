@@ -1,15 +1,34 @@
-"""torchrun helpers: process-group set-up, rank checks, and gathering sharded features."""
+"""torchrun helpers: process-group set-up, rank checks, and gathering sharded features.
+
+When one process stops with an error, the others must not wait for it at a collective: the process group
+is left only at exit (after ``main`` has printed the error), which breaks the others' pending collectives,
+and they then exit with status 2 without a message of their own (``PeerFailed``).
+"""
+import atexit
+import contextlib
 import os
 
 import torch
 import torch.distributed as dist
 
 
+_PEER_GONE = ("Connection closed by peer", "Connection reset by peer")
+
+
+class PeerFailed(SystemExit):
+    """Another process of the torchrun job stopped (and printed why); this one exits quietly with status 2."""
+
+    def __init__(self):
+        super().__init__(2)
+
+
 def init_from_environment(device_name=None):
     """Join the process group when started by torchrun; return (rank, world_size, device).
 
-    NCCL on GPUs, gloo on CPU. Each process uses the GPU of its LOCAL_RANK.
+    NCCL on GPUs, gloo on CPU; each process uses the GPU of its LOCAL_RANK. As in torchvision's references,
+    torchrun with one process also forms a group (and trains with DDP), which exercises NCCL on one GPU.
     """
+    launched = "RANK" in os.environ and "WORLD_SIZE" in os.environ
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
@@ -17,10 +36,11 @@ def init_from_environment(device_name=None):
         device_name = "cuda" if torch.cuda.is_available() else "cpu"
     device = torch.device(device_name)
     if device.type == "cuda":
-        device = torch.device("cuda", local_rank if world_size > 1 else (device.index or 0))
+        device = torch.device("cuda", local_rank if launched else (device.index or 0))
         torch.cuda.set_device(device)
-    if world_size > 1 and not dist.is_initialized():
+    if launched and not dist.is_initialized():
         dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+        atexit.register(cleanup)
     return rank, world_size, device
 
 
@@ -30,6 +50,18 @@ def is_distributed():
 
 def is_main_process():
     return not is_distributed() or dist.get_rank() == 0
+
+
+@contextlib.contextmanager
+def peers_alive():
+    """Around a process's work: a collective (a barrier, DDP's gradient all-reduce) that fails because another
+    process went away ends this one quietly with ``PeerFailed``."""
+    try:
+        yield
+    except RuntimeError as error:
+        if is_distributed() and any(sign in str(error) for sign in _PEER_GONE):
+            raise PeerFailed() from None
+        raise
 
 
 def barrier():
@@ -42,16 +74,38 @@ def cleanup():
         dist.destroy_process_group()
 
 
+def broadcast_buffers(module):
+    """Give every process the main process's buffers (BatchNorm running statistics).
+
+    DDP broadcasts them at the start of each training forward, so after the last step each process holds the
+    statistics of its own last batch; evaluating shards with those would not match the saved checkpoint.
+    """
+    if is_distributed():
+        for buffer in module.buffers():
+            dist.broadcast(buffer, src=0)
+
+
 def gather_rows(tensor, total_rows):
-    """All-gather a (n_rank, ...) tensor whose rows are this rank's share ``rank::world_size`` of a
-    (total_rows, ...) tensor, and return the full tensor in the original row order on every rank."""
+    """All-gather a (n_rank, D) tensor whose rows are this rank's share ``rank::world_size`` of a
+    (total_rows, D) tensor, and return the full tensor in the original row order on every rank.
+
+    A rank with no rows may pass any (0, d) tensor: D is taken from the others.
+    """
     if not is_distributed():
         return tensor
     world_size = dist.get_world_size()
     per_rank = -(-total_rows // world_size)
-    padded = tensor.new_zeros((per_rank, *tensor.shape[1:]))
-    padded[: tensor.shape[0]] = tensor
+    width = torch.tensor([tensor.shape[1]], device=tensor.device)
+    dist.all_reduce(width, op=dist.ReduceOp.MAX)
+    padded = tensor.new_zeros((per_rank, int(width)))
+    if len(tensor):
+        padded[: len(tensor)] = tensor
     gathered = [torch.empty_like(padded) for _ in range(world_size)]
     dist.all_gather(gathered, padded)
-    interleaved = torch.stack(gathered, dim=1).reshape(per_rank * world_size, *tensor.shape[1:])
-    return interleaved[:total_rows]
+    return interleave(gathered, total_rows)
+
+
+def interleave(shards, total_rows):
+    """Rows ``0, 1, 2, ...`` from equally padded shards where shard r holds rows ``r::len(shards)``."""
+    per_rank = shards[0].shape[0]
+    return torch.stack(shards, dim=1).reshape(per_rank * len(shards), *shards[0].shape[1:])[:total_rows]

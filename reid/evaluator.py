@@ -12,12 +12,14 @@ from . import data, distributed, metrics
 def extract_features(model, items, args, device, autocast_dtype=None, show_progress=True):
     """Retrieval features of ``items`` as a (N, D) float32 CPU tensor, in the order of ``items``.
 
-    Under torchrun each process extracts every ``world_size``-th image and the shards are gathered.
+    Under torchrun each process extracts every ``world_size``-th image (with the main process's BatchNorm
+    statistics) and the shards are gathered.
     With ``args.flip_test`` the feature of the mirrored image is averaged in.
     """
     world_size = torch.distributed.get_world_size() if distributed.is_distributed() else 1
     rank = torch.distributed.get_rank() if distributed.is_distributed() else 0
     loader = data.test_loader(items[rank::world_size], args)
+    distributed.broadcast_buffers(model)
     model.eval()
     chunks = []
     for images, _, _, _ in tqdm(loader, desc="features", leave=False, disable=not show_progress,

@@ -10,6 +10,7 @@ import os
 import shlex
 import signal
 import sys
+import traceback
 
 import torch
 from torch.nn.parallel import DistributedDataParallel
@@ -17,25 +18,41 @@ from torch.nn.parallel import DistributedDataParallel
 from . import checkpoint, data, datasets, distributed, evaluator, models, visualize
 from .errors import RunInterrupted, UsageError
 from .losses import DeepSupervisionLoss
-from .trainer import StopRequest, build_optimizer, build_scheduler, train_one_epoch
+from .trainer import StopRequest, build_optimizer, build_scheduler, mixed_precision, train_one_epoch
 
 METRICS_COLUMNS = ("epoch", "loss", "accuracy", "lr", "seconds", "images_per_second", "eval_split", "rank1",
                    "mAP")
 
 
 class _Tee:
-    """Write to the terminal and to ``log.txt`` at once."""
+    """Write to the terminal and to ``log.txt`` at once.
+
+    When ``log.txt`` cannot be written any more (a full disk), the run says so once and goes on with the
+    terminal only: the log is a copy, and losing it must not stop training or lose the next checkpoint.
+    """
 
     def __init__(self, stream, log):
         self.stream, self.log = stream, log
 
     def write(self, text):
         self.stream.write(text)
-        self.log.write(text)
+        self._to_log("write", text)
 
     def flush(self):
         self.stream.flush()
-        self.log.flush()
+        self._to_log("flush")
+
+    def _to_log(self, method, *arguments):
+        if self.log is None:
+            return
+        try:
+            getattr(self.log, method)(*arguments)
+        except OSError as error:
+            log, self.log = self.log, None
+            with contextlib.suppress(OSError):
+                log.close()
+            self.stream.write(f"\nwarning: cannot write to {log.name} ({error.strerror or error}); the output "
+                              f"goes to the terminal only from here on.\n")
 
     def isatty(self):
         return self.stream.isatty()
@@ -45,14 +62,27 @@ def run(args):
     rank, world_size, device = distributed.init_from_environment(args.device)
     try:
         with contextlib.ExitStack() as stack:
+            stack.enter_context(distributed.peers_alive())
             if rank == 0:
                 log = stack.enter_context(open(_prepare_logs_dir(args.logs_dir), "a", buffering=1))
                 stack.enter_context(contextlib.redirect_stdout(_Tee(sys.stdout, log)))
             else:
                 stack.enter_context(contextlib.redirect_stdout(stack.enter_context(open(os.devnull, "w"))))
             _run(args, rank, world_size, device)
-    finally:
-        distributed.cleanup()
+    except UsageError as error:
+        _release_frames(error)
+        raise
+
+
+def _release_frames(error):
+    """Clear the locals of the frames an error (and the errors it replaced) went through.
+
+    A DataLoader re-raising a worker's error keeps itself in a reference cycle with the error; its worker
+    processes would then be shut down only at some later garbage collection, stalling for seconds there.
+    """
+    while error is not None:
+        traceback.clear_frames(error.__traceback__)
+        error = error.__context__
 
 
 def _prepare_logs_dir(path):
@@ -72,16 +102,14 @@ def _speed_settings(args, device):
     """Resolve --amp/--channels-last/--compile for the device: CUDA-only options are noted and ignored on CPU."""
     if device.type != "cuda":
         ignored = [flag for flag, on in (("--amp", args.amp), ("--channels-last", args.channels_last),
-                                         ("--compile", args.compile)) if on]
+                                         ("--compile", args.compile), ("--sync-bn", args.sync_bn)) if on]
         if ignored:
             print(f"note: {', '.join(ignored)} only apply on CUDA; ignored on {device.type}.")
-        args.amp = args.channels_last = args.compile = False
+        args.amp = args.channels_last = args.compile = args.sync_bn = False
         return None, None
     if not args.amp:
         return None, None
-    if torch.cuda.is_bf16_supported():
-        return torch.bfloat16, None
-    return torch.float16, torch.amp.GradScaler("cuda")
+    return mixed_precision(device)
 
 
 def _seed(args, device):
@@ -150,11 +178,11 @@ def _run(args, rank, world_size, device):
                           pretrained_path=args.pretrained_path if saved is None else None, **options)
     if saved is not None:
         models.load_model_state(model, saved["model"], args.resume)
-    if world_size > 1 and args.sync_bn:
+    if distributed.is_distributed() and args.sync_bn:
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     model.to(device)
     if args.channels_last:
-        model.to(memory_format=torch.channels_last)
+        models.to_channels_last(model)
     print(f"model: {arch} with {num_classes} classes, dsa={options['dsa']}, deep_supervision="
           f"{options['deep_supervision']}, parts={options['parts']}, feature={options['feature']}, "
           f"{sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters, on {device}"
@@ -168,7 +196,7 @@ def _run(args, rank, world_size, device):
         return
 
     train_model = model
-    if world_size > 1:
+    if distributed.is_distributed():
         train_model = DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
     if args.compile:
         train_model = torch.compile(train_model)
@@ -204,22 +232,21 @@ def _run(args, rank, world_size, device):
                         "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None}}
 
     checkpoint_path = os.path.join(args.logs_dir, "checkpoint.pth.tar")
+    last_saved = (args.resume, _position(start_epoch, start_step)) if saved is not None else None
     last_results = None
-    with StopRequest() as stop:
+    with StopRequest(device) as stop:
         for epoch in range(start_epoch, args.epochs):
-            data.start_epoch(train_loader, epoch, start_step)
-            stats = train_one_epoch(train_model, criterion, optimizer, train_loader, device, epoch, args, scaler,
-                                    autocast_dtype, stop, start_step, show_progress=is_main)
-            stats = _merge(partial, stats)
+            with _naming_the_kept_checkpoint(last_saved):
+                data.start_epoch(train_loader, epoch, start_step)
+                stats = _merge(partial, train_one_epoch(train_model, criterion, optimizer, train_loader, device,
+                                                        epoch, args, scaler, autocast_dtype, stop, start_step,
+                                                        show_progress=is_main))
             if stats["stopped_at_step"] is not None:
                 if is_main:
                     checkpoint.save(snapshot(epoch, stats["stopped_at_step"], stats), checkpoint_path)
                 distributed.barrier()
-                command = shlex.join([sys.executable, *sys.argv, "--resume", checkpoint_path])
-                raise RunInterrupted(
-                    f"Stopped by {stop.signal_name} during epoch {epoch + 1} after step {stats['stopped_at_step']}; "
-                    f"the checkpoint {checkpoint_path} holds that point. Resume with:\n  {command}",
-                    exit_code=128 + signal.Signals[stop.signal_name].value)
+                raise _interrupted(stop, f"during epoch {epoch + 1} after step {stats['stopped_at_step']}",
+                                   checkpoint_path)
             start_step, partial = 0, None
             scheduler.step()
             row = {"epoch": epoch + 1, "loss": stats["loss"], "accuracy": stats["accuracy"],
@@ -227,8 +254,9 @@ def _run(args, rank, world_size, device):
                    "images_per_second": stats["images"] * world_size / max(stats["seconds"], 1e-9)}
             last_epoch = epoch + 1 == args.epochs
             if (epoch + 1) % args.eval_freq == 0 or last_epoch:
-                last_results = evaluator.evaluate(model, eval_query, eval_gallery, args, device, autocast_dtype,
-                                                  show_progress=is_main)
+                with _naming_the_kept_checkpoint(last_saved):
+                    last_results = evaluator.evaluate(model, eval_query, eval_gallery, args, device,
+                                                      autocast_dtype, show_progress=is_main)
                 row.update(eval_split=eval_split, rank1=last_results["rank1"], mAP=last_results["mAP"])
             history.append(row)
             is_best = row.get("mAP") is not None and row["mAP"] > best["mAP"]
@@ -240,13 +268,55 @@ def _run(args, rank, world_size, device):
                 checkpoint.save(state_now, checkpoint_path)
                 if is_best:
                     checkpoint.save(state_now, os.path.join(args.logs_dir, "model_best.pth.tar"))
-                _write_metrics(os.path.join(args.logs_dir, "metrics.csv"), history)
-                visualize.plot_curves(history, os.path.join(args.logs_dir, "curves.png"))
+                _write_epoch_files(args.logs_dir, history)
             distributed.barrier()
+            last_saved = (checkpoint_path, _position(epoch + 1, 0))
+            if stop:
+                raise _interrupted(stop, f"after epoch {epoch + 1}", checkpoint_path)
     if best["epoch"]:
         print(f"best {eval_split} mAP {best['mAP']:.1%} at epoch {best['epoch']} (model_best.pth.tar)")
     reuse = last_results if eval_split == "test" else None
     _final_evaluation(model, dataset, args, device, autocast_dtype, model_record, args.epochs, is_main, reuse)
+
+
+def _position(epoch, step):
+    return f"epoch {epoch}, step {step}" if step else f"end of epoch {epoch}"
+
+
+@contextlib.contextmanager
+def _naming_the_kept_checkpoint(last_saved):
+    """Add to an error raised while training (an unreadable image, a diverged loss) which checkpoint is kept."""
+    try:
+        yield
+    except UsageError as error:
+        if last_saved is None:
+            raise UsageError(f"{error} No checkpoint had been saved yet.") from None
+        path, position = last_saved
+        raise UsageError(f"{error} The last checkpoint, {path} ({position}), is intact.") from None
+
+
+def _interrupted(stop, when, checkpoint_path):
+    """The RunInterrupted for a SIGINT/SIGTERM, with the command that resumes from ``checkpoint_path``."""
+    launcher = [sys.executable]
+    if distributed.is_distributed():
+        launcher = ["torchrun", f"--nproc_per_node={os.environ.get('LOCAL_WORLD_SIZE', 1)}"]
+    command = shlex.join([*launcher, *_without_resume(sys.argv), "--resume", checkpoint_path])
+    return RunInterrupted(f"Stopped by {stop.signal_name} {when}; the checkpoint {checkpoint_path} holds that "
+                          f"point. Resume with:\n  {command}",
+                          exit_code=128 + signal.Signals[stop.signal_name].value)
+
+
+def _without_resume(argv):
+    """``argv`` without its --resume options, so that the printed resume command has exactly one."""
+    kept, skip = [], False
+    for argument in argv:
+        if skip:
+            skip = False
+        elif argument == "--resume":
+            skip = True
+        elif not argument.startswith("--resume="):
+            kept.append(argument)
+    return kept
 
 
 def _merge(partial, stats):
@@ -272,6 +342,18 @@ def _epoch_line(row, epochs, optimizer):
     return line
 
 
+def _write_epoch_files(logs_dir, history):
+    """metrics.csv and curves.png; a full disk or a vanished folder gives a clear error (after the checkpoint)."""
+    path = os.path.join(logs_dir, "metrics.csv")
+    try:
+        _write_metrics(path, history)
+        path = os.path.join(logs_dir, "curves.png")
+        visualize.plot_curves(history, path)
+    except OSError as error:
+        raise UsageError(f"Cannot write {path}: {error.strerror or error}. The checkpoint of this epoch was "
+                         f"saved before it; free some space and resume from it.") from None
+
+
 def _write_metrics(path, history):
     temporary = f"{path}.tmp"
     with open(temporary, "w", newline="") as handle:
@@ -292,7 +374,11 @@ def _final_evaluation(model, dataset, args, device, autocast_dtype, model_record
     print(f"Test on {args.dataset} ({len(dataset.query)} queries, {len(dataset.gallery)} gallery images):")
     print(evaluator.format_table(results))
     path = os.path.join(args.logs_dir, "results.json")
-    evaluator.write_results(path, results, args, model_record, epochs)
+    try:
+        evaluator.write_results(path, results, args, model_record, epochs)
+    except OSError as error:
+        message = f"Cannot write {path}: {error.strerror or error}; the metrics are printed above."
+        raise UsageError(message) from None
     print(f"results written to {path}")
     if args.visrank:
         folder = os.path.join(args.logs_dir, "visrank")

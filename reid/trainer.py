@@ -6,6 +6,7 @@ import time
 import torch
 from tqdm import tqdm
 
+from . import distributed
 from .errors import UsageError
 from .losses import part_accuracy
 
@@ -28,11 +29,30 @@ def build_scheduler(optimizer, step_size, gamma=0.1):
     return torch.optim.lr_scheduler.StepLR(optimizer, step_size=step_size or 10**9, gamma=gamma)
 
 
-class StopRequest:
-    """Turns SIGINT/SIGTERM into a flag the epoch loop checks after each step, so the run can save and exit."""
+def mixed_precision(device):
+    """(autocast dtype, gradient scaler) for --amp on ``device``: bf16 where the GPU computes it natively
+    (compute capability 8.0 and up), else fp16 with a gradient scaler against underflow.
 
-    def __init__(self):
+    ``torch.cuda.is_bf16_supported()`` is not used: it also says yes where bf16 is only emulated (T4, V100),
+    which is slower than fp16 there.
+    """
+    if torch.cuda.get_device_capability(device)[0] >= 8:
+        return torch.bfloat16, None
+    scaler = torch.amp.GradScaler("cuda") if hasattr(torch.amp, "GradScaler") else torch.cuda.amp.GradScaler()
+    return torch.float16, scaler
+
+
+class StopRequest:
+    """Turns SIGINT/SIGTERM into a flag the epoch loop checks after each step, so the run can save and exit.
+
+    Under torchrun the flag is agreed across processes at every check (``device`` holds the tensor the
+    processes exchange): a signal that reaches one process, or reaches them at different steps, stops all of
+    them at the same step, where a lone stop would leave the others waiting in DDP's gradient all-reduce.
+    """
+
+    def __init__(self, device=None):
         self.signal_name = None
+        self.device = device
         self._previous = {}
 
     def __enter__(self):
@@ -50,6 +70,12 @@ class StopRequest:
         self.signal_name = signal.Signals(signum).name
 
     def __bool__(self):
+        if distributed.is_distributed():
+            signum = signal.Signals[self.signal_name].value if self.signal_name else 0
+            agreed = torch.tensor([signum], device=self.device)
+            torch.distributed.all_reduce(agreed, op=torch.distributed.ReduceOp.MAX)
+            if agreed.item() and self.signal_name is None:
+                self.signal_name = signal.Signals(int(agreed.item())).name
         return self.signal_name is not None
 
 
@@ -58,7 +84,8 @@ def train_one_epoch(model, criterion, optimizer, loader, device, epoch, args, sc
     """Train for one pass over ``loader`` (from batch ``start_step``); return the epoch's figures.
 
     The returned dict has ``loss``, ``accuracy`` (means over the steps run), ``images``, ``seconds``,
-    ``steps`` and ``stopped_at_step`` (the next step to run when a stop was requested, else None).
+    ``steps`` and ``stopped_at_step`` (the next step to run when a stop was requested, else None). A stop
+    requested during the last step is left to the caller, which then stops at the end of the epoch.
     """
     model.train()
     total_steps = start_step + math.ceil(len(loader.sampler) / loader.batch_size)
@@ -78,8 +105,9 @@ def train_one_epoch(model, criterion, optimizer, loader, device, epoch, args, sc
         loss_value = loss.item()
         if not math.isfinite(loss_value):
             raise UsageError(
-                f"The loss became {loss_value} at epoch {epoch + 1}, step {step + 1}; training stopped and the "
-                f"last checkpoint saved before it is kept. Lower --lr, or resume from that checkpoint.")
+                f"The loss became {loss_value} at epoch {epoch + 1}, step {step + 1}: training diverged and was "
+                f"stopped before that step changed the model. Train again with a lower --lr (a resumed run keeps "
+                f"the learning rate saved in its checkpoint).")
         optimizer.zero_grad(set_to_none=True)
         if scaler is not None:
             scaler.scale(loss).backward()
@@ -95,7 +123,7 @@ def train_one_epoch(model, criterion, optimizer, loader, device, epoch, args, sc
         steps_run += 1
         if step % args.print_freq == 0:
             progress.set_postfix(loss=f"{loss_value:.3f}", acc=f"{accuracy:.1%}")
-        if stop:
+        if stop and step + 1 < total_steps:
             progress.close()
             return _summary(loss_sum, accuracy_sum, steps_run, images_seen, started, stopped_at=step + 1)
     progress.close()

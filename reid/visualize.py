@@ -19,6 +19,8 @@ from .errors import UsageError  # noqa: E402
 
 LAYERS = ("layer1", "layer2", "layer3", "layer4", "dsa1", "dsa2", "dsa3")
 CAM_LAYERS = ("layer1", "layer2", "layer3", "layer4")
+DEFAULT_SIZE = (384, 128)
+DPI = 100
 
 
 def plot_curves(history, path):
@@ -62,6 +64,9 @@ def _load_npy(path, what):
     except (OSError, EOFError) as error:
         raise UsageError(f"Cannot read the {what} {path}: {str(error) or 'the file is empty or cut short'}. "
                          f"Expected a .npy file written by numpy.save.") from None
+    except (MemoryError, OverflowError):
+        raise UsageError(f"Cannot read the {what} {path}: its header claims an array too large for memory "
+                         f"(a damaged file?). Expected a .npy file written by numpy.save.") from None
     if not isinstance(array, np.ndarray):
         array.close()
         raise UsageError(f"The {what} {path} is a .npz archive; pass one array saved with numpy.save (.npy).")
@@ -143,19 +148,42 @@ def prepare_image(image, height, width):
 # Models ---------------------------------------------------------------------------------------------------
 
 def load_trained_model(path):
-    """The model a training checkpoint was saved from, in eval mode."""
-    return models.from_checkpoint(checkpoint.load(path), path).eval()
+    """The model a training checkpoint was saved from, in eval mode, and the (height, width) it was trained at.
+
+    The size comes from the run's arguments saved in the checkpoint; it is None when they are not there.
+    """
+    state = checkpoint.load(path)
+    model = models.from_checkpoint(state, path).eval()
+    try:
+        size = int(state["args"]["height"]), int(state["args"]["width"])
+    except (KeyError, TypeError, ValueError):
+        size = None
+    return model, size
+
+
+def input_size(height, width, trained_sizes):
+    """The input (height, width): the flags where given, else the first known training size, else 384x128."""
+    known = [size for size in trained_sizes if size is not None]
+    fallback = known[0] if known else DEFAULT_SIZE
+    height = fallback[0] if height is None else height
+    width = fallback[1] if width is None else width
+    if height < 16 or width < 16:
+        raise UsageError(f"--height/--width must be at least 16 pixels, got {height}x{width}.")
+    return height, width
 
 
 def baseline_model(arch):
     """A plain ResNet baseline (no DSA, no deep supervision) in eval mode, and whether it is pretrained.
 
-    ImageNet weights come from torchvision's cache when there; otherwise the weights stay random.
+    ImageNet weights come from torchvision's cache when there; otherwise the weights stay random, drawn with
+    seed 0 so that the baseline is the same on every call.
     """
     if arch not in models.names():
         raise UsageError(f"Unknown architecture {arch!r} (-a/--arch); choose one of: {', '.join(models.names())}.")
     pretrained = os.path.isfile(models.imagenet_weights_path(arch))
-    model = models.create(arch, num_classes=1, pretrained=pretrained, dsa=False, deep_supervision=False)
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        model = models.create(arch, num_classes=1, pretrained=pretrained, dsa=False, deep_supervision=False)
     return model.eval(), pretrained
 
 
@@ -249,6 +277,11 @@ def average_correlation(correlation):
     return float(np.mean(correlation))
 
 
+def correlation_title(correlation):
+    """``Avg.Corr : 0.xxx``, the correlation figure's title and the line the tools print."""
+    return f"Avg.Corr : {average_correlation(correlation):.3f}"
+
+
 def heat_overlay(image, heatmap, alpha=0.5):
     """Upsample an (h, w) map in [0, 1] to the (H, W, 3) uint8 image and blend its jet colours over it."""
     height, width = image.shape[:2]
@@ -278,70 +311,70 @@ def _image_axis(axis, picture, title, **options):
 
 def _correlation_axis(figure, axis, correlation):
     shown = axis.imshow(correlation, cmap="RdBu_r", vmin=-1, vmax=1, interpolation="nearest")
-    axis.set_title(f"Avg.Corr : {average_correlation(correlation):.3f}", fontsize=10)
+    axis.set_title(correlation_title(correlation), fontsize=10)
     axis.set_xlabel(f"position (of {correlation.shape[0]})", fontsize=8)
     axis.tick_params(labelsize=7)
     figure.colorbar(shown, ax=axis, fraction=0.046, pad=0.04)
 
 
-def _save(figure, path):
+def _save(figure, path, dpi):
     try:
-        figure.savefig(path, dpi=100)
+        figure.savefig(path, dpi=dpi, bbox_inches="tight", pad_inches=0.1)
     except OSError as error:
         raise UsageError(f"Cannot write the figure {path}: {error.strerror or error}.") from None
     finally:
         plt.close(figure)
 
 
-def plot_feature_map(image, feature_map, path, title):
+def plot_feature_map(image, feature_map, path, title, dpi=DPI):
     """image | heatmap of the (C, h, w) map | heatmap over the image."""
     heatmap = activation_map(feature_map)
-    figure, axes = plt.subplots(1, 3, figsize=(6, 6.4))
+    figure, axes = plt.subplots(1, 3, figsize=(6, 1.9 * image.shape[0] / image.shape[1] + 1.0))
     _image_axis(axes[0], image, "image")
     _image_axis(axes[1], heatmap, f"mean |map| ({feature_map.shape[1]}x{feature_map.shape[2]})", cmap="jet",
                 vmin=0, vmax=1)
     _image_axis(axes[2], heat_overlay(image, heatmap), "overlay")
     figure.suptitle(title, fontsize=10)
     figure.tight_layout()
-    _save(figure, path)
+    _save(figure, path, dpi)
 
 
-def plot_correlation(correlation, path, title=None):
+def plot_correlation(correlation, path, title=None, dpi=DPI):
     """The spatial correlation matrix, titled with its Avg.Corr."""
     figure, axis = plt.subplots(figsize=(6, 5.4))
     _correlation_axis(figure, axis, correlation)
     if title:
         figure.suptitle(title, fontsize=10)
     figure.tight_layout()
-    _save(figure, path)
+    _save(figure, path, dpi)
 
 
-def plot_comparison(image, rows, path, title):
-    """One row per model ``(name, feature_map, correlation)``: image | heatmap | overlay | correlation."""
-    figure, axes = plt.subplots(len(rows), 4, figsize=(11, 5.2 * len(rows)), squeeze=False,
-                                gridspec_kw={"width_ratios": (1, 1, 1, 3.3)})
-    for row, (name, feature_map, correlation) in zip(axes, rows):
-        heatmap = activation_map(feature_map)
-        _image_axis(row[0], image, "image")
-        row[0].set_ylabel(name, fontsize=11)
-        _image_axis(row[1], heatmap, "mean |map|", cmap="jet", vmin=0, vmax=1)
-        _image_axis(row[2], heat_overlay(image, heatmap), "overlay")
-        _correlation_axis(figure, row[3], correlation)
+def plot_comparison(image, models_maps, path, title, dpi=DPI):
+    """The models side by side, the first on the left: the image, then per model ``(name, feature_map,
+    correlation)`` its heatmap over the image and its correlation matrix, under the model's name."""
+    figure = plt.figure(figsize=(1.4 + 5.2 * len(models_maps), 4.6), layout="constrained")
+    panels = figure.subfigures(1, 1 + len(models_maps), width_ratios=(1.4,) + (5.2,) * len(models_maps))
+    _image_axis(panels[0].subplots(), image, "image")
+    for panel, (name, feature_map, correlation) in zip(panels[1:], models_maps):
+        overlay_axis, correlation_axis = panel.subplots(1, 2, width_ratios=(1, 3.3))
+        _image_axis(overlay_axis, heat_overlay(image, activation_map(feature_map)), "mean |map|")
+        _correlation_axis(panel, correlation_axis, correlation)
+        panel.suptitle(name, fontsize=10)
     figure.suptitle(title, fontsize=11)
-    figure.tight_layout()
-    _save(figure, path)
+    _save(figure, path, dpi)
 
 
-def plot_cam(image, cam, gates, path, title):
+def plot_cam(image, cam, gates, path, title, dpi=DPI):
     """image | Grad-CAM overlay | one overlay per DSA gate map (``gates``: {name: (h, w) in [0, 1]})."""
     panels = [("image", image), ("Grad-CAM", heat_overlay(image, cam))]
     panels += [(f"{name} gate", heat_overlay(image, gate)) for name, gate in gates.items()]
-    figure, axes = plt.subplots(1, len(panels), figsize=(2 * len(panels), 6.4))
+    height = 1.9 * image.shape[0] / image.shape[1] + 1.3
+    figure, axes = plt.subplots(1, len(panels), figsize=(2 * len(panels), height))
     for axis, (name, picture) in zip(axes, panels):
         _image_axis(axis, picture, name)
     figure.suptitle(title, fontsize=10)
     figure.tight_layout()
-    _save(figure, path)
+    _save(figure, path, dpi)
 
 
 # Rank lists -----------------------------------------------------------------------------------------------
@@ -356,8 +389,9 @@ def rank_list(distances, pid, camid, gallery_pids, gallery_camids, topk):
 def save_rank_lists(distances, query, gallery, folder, topk, num_queries=20, seed=0):
     """One PNG per sampled query: the query and its top-``topk`` gallery matches.
 
-    Green border: same identity; red: another identity; rank and distance under each. The queries are a
-    fixed-seed sample of ``num_queries``. Returns the paths written.
+    Green border: same identity; red: another identity; rank and distance under each. Cameras are shown
+    1-based, as in the file names (``camid`` is 0-based). The queries are a fixed-seed sample of
+    ``num_queries``. Returns the paths written.
     """
     if topk < 1:
         raise UsageError(f"--visrank must be at least 1 to draw rank lists, got {topk}.")
@@ -383,12 +417,12 @@ def _plot_rank_list(query, matches, path):
     figure, axes = plt.subplots(1, 1 + len(matches), figsize=(1.2 * (1 + len(matches)), 3.2), squeeze=False)
     query_path, query_pid, query_camid = query
     _image_axis(axes[0, 0], data.read_image(query_path).permute(1, 2, 0).numpy(),
-                f"query\nid {query_pid} cam {query_camid}")
+                f"query\nid {query_pid} cam {query_camid + 1}")
     for rank, (axis, ((path_, pid, camid), distance)) in enumerate(zip(axes[0, 1:], matches), start=1):
-        _image_axis(axis, data.read_image(path_).permute(1, 2, 0).numpy(), f"id {pid} cam {camid}")
+        _image_axis(axis, data.read_image(path_).permute(1, 2, 0).numpy(), f"id {pid} cam {camid + 1}")
         axis.set_xlabel(f"rank {rank}\n{distance:.3f}", fontsize=8)
         for spine in axis.spines.values():
             spine.set_edgecolor("limegreen" if pid == query_pid else "red")
             spine.set_linewidth(4)
     figure.tight_layout()
-    _save(figure, path)
+    _save(figure, path, DPI)

@@ -101,3 +101,28 @@ def test_train_loader_refuses_a_split_smaller_than_a_batch(tmp_path):
     items = [(write_image(tmp_path / "a.png"), 0, 0)]
     with pytest.raises(UsageError, match="batch"):
         data.train_loader(items, make_args(batch_size=4))
+
+
+def test_train_loader_splits_the_total_batch_over_processes(tmp_path):
+    items = [(write_image(tmp_path / f"{i}.png"), i % 4, 0) for i in range(16)]
+    shards = []
+    for rank in (0, 1):
+        loader = data.train_loader(items, make_args(batch_size=4, num_instances=2), rank=rank, world_size=2)
+        data.start_epoch(loader, 0)
+        batches = list(loader)
+        assert loader.batch_size == 2 and all(len(indices) == 2 for *_, indices in batches)
+        shards.append({int(i) for *_, indices in batches for i in indices})
+    assert shards[0] and not shards[0] & shards[1]
+
+
+def test_cached_images_are_decoded_once_not_again_in_workers(tmp_path, monkeypatch):
+    items = [(write_image(tmp_path / f"{i}.png"), i % 2, 0) for i in range(4)]
+    loader = data.train_loader(items, make_args(workers=1, deterministic=False), cache=True)
+
+    def no_decoding(path):
+        raise AssertionError(f"{path} decoded again")
+
+    monkeypatch.setattr(data, "read_image", no_decoding)
+    for epoch in range(2):
+        data.start_epoch(loader, epoch)
+        assert sum(len(images) for images, *_ in loader) == 4

@@ -1,9 +1,10 @@
 """The dataset loaders on small folders written here: parsing, relabelling, junk, validation split, errors."""
 import io
 import os
+import tempfile
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
@@ -227,3 +228,36 @@ def test_garbage_names_never_crash(name):
                                   "0001_c12s1_000001_01.jpg"])
 def test_names_that_do_not_parse(name):
     assert base.parse_name(name, market.PATTERN) is None
+
+
+MARKET_BODIES = st.builds(lambda pid, cam: f"{'-1' if pid == -1 else f'{pid:04d}'}_c{cam}s1_000123_01", PIDS,
+                          st.integers(1, 9))
+
+
+@settings(max_examples=30, deadline=None)
+@given(body=MARKET_BODIES, extension=st.text(st.characters(codec="ascii", categories=["L", "N"]), max_size=6))
+def test_only_image_extensions_are_accepted(body, extension):
+    parsed = base.parse_name(f"{body}.{extension}", market.PATTERN)
+    assert (parsed is not None) == (extension.lower() in ("jpg", "jpeg", "png"))
+
+
+FILE_NAMES = st.one_of(
+    st.builds(lambda body, extension: f"{body}.{extension}", MARKET_BODIES, EXTENSIONS),
+    st.text(st.characters(codec="ascii", categories=["L", "N", "P"], exclude_characters="/\\"), min_size=1,
+            max_size=40).filter(lambda name: name not in (".", "..")))
+
+
+@settings(max_examples=30, deadline=None)
+@given(names=st.sets(FILE_NAMES, max_size=12))
+def test_every_file_of_a_folder_is_listed_ignored_or_dropped_as_junk(names):
+    """Each file is an item, ignored (counted), or junk (id -1, dropped); items come sorted by name."""
+    with tempfile.TemporaryDirectory() as folder:
+        write(folder, names)
+        items, ignored = base.list_folder(folder, market.PATTERN)
+    parsed = {name: base.parse_name(name, market.PATTERN) for name in names}
+    junk = sum(1 for value in parsed.values() if value is not None and value[0] == base.JUNK_PID)
+    assert len(items) + ignored + junk == len(names)
+    assert ignored == sum(1 for value in parsed.values() if value is None)
+    assert [os.path.basename(path) for path, _, _ in items] == sorted(
+        name for name, value in parsed.items() if value is not None and value[0] != base.JUNK_PID)
+    assert all((pid, camid) == parsed[os.path.basename(path)] for path, pid, camid in items)

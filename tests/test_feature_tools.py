@@ -1,6 +1,7 @@
 """The two visualisation CLIs, called through their ``main(argv)`` with tiny resnet18 models at 96x32."""
 import os
 import re
+import shutil
 import subprocess
 import sys
 
@@ -18,11 +19,12 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SIZE = ["--height", "96", "--width", "32"]
 
 
-def write_checkpoint(path, **options):
+def write_checkpoint(path, args=None, arch="resnet18", **options):
+    """A resnet18 checkpoint as main.py writes it; ``arch`` is the architecture it claims to hold."""
     torch.manual_seed(0)
     model = models.create("resnet18", num_classes=4, num_features=8, **options)
-    checkpoint.save({"arch": "resnet18", "model_options": dict(model.options), "model": model.state_dict(),
-                     "epoch": 1, "args": {}}, path)
+    checkpoint.save({"arch": arch, "model_options": dict(model.options), "model": model.state_dict(),
+                     "epoch": 1, "args": args or {}}, path)
     return path
 
 
@@ -34,6 +36,8 @@ def files(tmp_path_factory):
     write_png(image, str(folder / "person.png"))
     return {"folder": folder, "image": str(folder / "person.png"),
             "dsp": write_checkpoint(str(folder / "dsp.pth.tar")),
+            "trained_64x32": write_checkpoint(str(folder / "trained_64x32.pth.tar"), {"height": 64, "width": 32}),
+            "other_arch": write_checkpoint(str(folder / "other_arch.pth.tar"), arch="resnet34"),
             "baseline": write_checkpoint(str(folder / "baseline.pth.tar"), dsa=False, deep_supervision=False)}
 
 
@@ -89,6 +93,40 @@ def test_compare_puts_baseline_and_dsp_side_by_side(files, tmp_path, capsys):
             tmp_path / f"person_{layer}_dsp.npy").shape
 
 
+def test_the_input_size_defaults_to_the_checkpoint_training_size(files, tmp_path, capsys):
+    argv = ["--checkpoint", files["trained_64x32"], "--image", files["image"], "--layers", "layer1",
+            "--out", str(tmp_path)]
+    assert single_images_features_3.main(argv) == 0
+    assert "(input 64x32)" in capsys.readouterr().out
+    assert np.load(tmp_path / "person_layer1.npy").shape == (1, 64, 16, 8)
+    assert single_images_features_3.main([*argv, "--height", "96"]) == 0
+    assert np.load(tmp_path / "person_layer1.npy").shape == (1, 64, 24, 8)
+    argv = ["--checkpoint", files["trained_64x32"], "--image", files["image"], "--layer", "layer1",
+            "--out", str(tmp_path / "cams")]
+    assert single_features_cam.main(argv) == 0
+    assert (tmp_path / "cams" / "person_cam.png").stat().st_size > 0
+
+
+def test_without_a_recorded_size_the_input_is_384x128(files, tmp_path, capsys):
+    argv = ["--checkpoint", files["dsp"], "--image", files["image"], "--layers", "layer4", "--out", str(tmp_path)]
+    assert single_images_features_3.main(argv) == 0
+    assert "(input 384x128)" in capsys.readouterr().out
+    assert np.load(tmp_path / "person_layer4.npy").shape == (1, 512, 24, 8)
+
+
+def test_compare_without_a_baseline_uses_a_fixed_untrained_resnet_of_the_dsp_depth(files, tmp_path, capsys):
+    for out in ("first", "second"):
+        argv = ["--compare", files["trained_64x32"], "--image", files["image"], "--layers", "layer1",
+                "--out", str(tmp_path / out)]
+        assert single_images_features_3.main(argv) == 0
+    captured = capsys.readouterr()
+    assert "Avg.Corr" in captured.out and "(layer1, baseline: untrained resnet18 (random weights))" in captured.out
+    assert "(input 64x32)" in captured.out
+    first = np.load(tmp_path / "first" / "person_layer1_baseline.npy")
+    assert first.shape == (1, 64, 16, 8)
+    np.testing.assert_array_equal(first, np.load(tmp_path / "second" / "person_layer1_baseline.npy"))
+
+
 def test_correlation_of_a_saved_map(tmp_path, capsys):
     vector = np.random.default_rng(0).random((16, 1, 1)).astype(np.float32)
     np.save(tmp_path / "same.npy", np.broadcast_to(vector, (1, 16, 3, 2)))
@@ -116,11 +154,13 @@ def test_to_npy_round_trip_gives_the_same_features(files, tmp_path, capsys):
 @pytest.mark.parametrize("case,message", [
     ("missing image", "does not exist"),
     ("unknown layer", "Unknown layer 'layer9'.*layer1, layer2, layer3, layer4, dsa1, dsa2, dsa3"),
-    ("dsa without DSA", "dsa2 is a DSA gate, but baseline.pth.tar has no DSA blocks"),
+    ("dsa without DSA", r"dsa2 is a DSA gate, but \S*baseline.pth.tar has no DSA blocks"),
     ("pickled npy", "pickled"),
     ("complex npy", "dtype complex"),
     ("damaged checkpoint", "Could not load the checkpoint"),
     ("foreign checkpoint", "not a checkpoint written by this project"),
+    ("other architecture", "other_arch.pth.tar does not fit the model being built \\(resnet34"),
+    ("other architecture compared", "other_arch.pth.tar does not fit the model being built \\(resnet34"),
 ])
 def test_bad_input_is_a_clear_error(files, tmp_path, capsys, case, message):
     np.save(tmp_path / "objects.npy", np.array([None], dtype=object), allow_pickle=True)
@@ -140,6 +180,10 @@ def test_bad_input_is_a_clear_error(files, tmp_path, capsys, case, message):
         image = str(tmp_path / "complex.npy")
     elif case == "damaged checkpoint":
         extra = ["--checkpoint", str(tmp_path / "damaged.pth.tar")]
+    elif case == "other architecture":
+        extra = ["--checkpoint", files["other_arch"]]
+    elif case == "other architecture compared":
+        extra = ["--compare", files["other_arch"]]
     else:
         extra = ["--checkpoint", str(tmp_path / "foreign.pth.tar")]
     argv = ["--image", image, "-a", "resnet18", "--out", str(tmp_path / "out"), *SIZE, *extra]
@@ -179,9 +223,69 @@ def test_grad_cam_refuses_bad_input(files, tmp_path, capsys):
     assert exit_info.value.code == 2
 
 
+def test_a_bad_dpi_is_refused(files, capsys):
+    for tool, argv in ((single_images_features_3, ["--image", files["image"]]),
+                       (single_features_cam, ["--checkpoint", files["dsp"], "--image", files["image"]])):
+        with pytest.raises(SystemExit) as exit_info:
+            tool.main([*argv, "--dpi", "0"])
+        assert exit_info.value.code == 2
+        assert "--dpi must be at least 10" in capsys.readouterr().err
+
+
 def test_command_line_exit_code_without_traceback(tmp_path):
     np.save(tmp_path / "flat.npy", np.zeros((8, 8), np.uint8))
     result = subprocess.run([sys.executable, "single_images_features_3.py", "--image", str(tmp_path / "flat.npy")],
                             cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert result.returncode == 2
     assert result.stderr.startswith("error: ") and "Traceback" not in result.stderr
+
+
+def sample_features_dry_run(tmp_path, *variables):
+    """The commands ``make -n sample-features`` would run, continuation lines joined, venv set-up left out."""
+    result = subprocess.run(["make", "-n", "sample-features", f"DEMO_LOGS={tmp_path}/demo",
+                             f"SAMPLE_DIR={tmp_path}/samples", f"SAMPLE_EVAL={tmp_path}/eval", *variables],
+                            cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    lines = [" ".join(line.split()) for line in result.stdout.replace("\\\n", " ").splitlines()]
+    return [line for line in lines if "pip install" not in line and ".installed" not in line
+            and not line.startswith("test -x")]
+
+
+needs_make = pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed")
+
+
+@needs_make
+def test_sample_features_dry_run_runs_each_tool_on_the_demo_model(tmp_path):
+    (tmp_path / "demo").mkdir()
+    (tmp_path / "demo" / "model_best.pth.tar").touch()
+    best, out, query = f"{tmp_path}/demo/model_best.pth.tar", f"{tmp_path}/samples", "data/synthetic/query"
+    python = ".venv/bin/python"
+    lines = sample_features_dry_run(tmp_path)
+    assert lines[:2] == [f"mkdir -p {out}", f"rm -f {out}/*.npy {out}/*.png"]
+    assert lines[2:6] == [
+        f"{python} single_images_features_3.py --checkpoint {best} --image {query}/0101_c3s1_000025_01.jpg "
+        f"--layers layer1 layer2 dsa1 --dpi 72 --out {out}",
+        f"{python} single_images_features_3.py --compare {best} --image {query}/0150_c3s1_000025_01.jpg "
+        f"--layers layer1 layer2 --dpi 72 --out {out}",
+        f"{python} single_features_cam.py --checkpoint {best} --image {query}/0101_c3s1_000025_01.jpg "
+        f"--dpi 72 --out {out}",
+        f"{python} single_features_cam.py --checkpoint {best} --image {query}/0150_c3s1_000025_01.jpg "
+        f"--dpi 72 --out {out}",
+    ]
+    evaluation = [line for line in lines if " main.py " in line]
+    assert len(evaluation) == 1 and evaluation[0].startswith(f"{python} main.py -d synthetic --data-dir data/synthetic")
+    assert evaluation[0].endswith(f"--evaluate --resume {best} --visrank 5 --logs-dir {tmp_path}/eval")
+    assert any(line.startswith(f"for figure in $(ls {tmp_path}/eval/visrank/*.png | head -n 2)") for line in lines)
+    assert lines[-1] == f"cp {tmp_path}/demo/curves.png {out}/demo_curves.png"
+
+
+@needs_make
+def test_sample_features_dry_run_trains_the_demo_first_and_compares_with_a_trained_baseline(tmp_path):
+    baseline = tmp_path / "baseline.pth.tar"
+    baseline.touch()
+    lines = sample_features_dry_run(tmp_path, f"SAMPLE_BASELINE={baseline}")
+    training = [line for line in lines if " main.py " in line and "--evaluate" not in line]
+    assert training == lines[:1]
+    assert training[0].endswith(f"--combine-trainval --logs-dir {tmp_path}/demo")
+    compare = [line for line in lines if "--compare" in line]
+    assert len(compare) == 1 and compare[0].endswith(f"--checkpoint {baseline}")

@@ -74,21 +74,48 @@ def test_dsa_adds_exactly_six_parameters_per_channel(arch):
     assert all(count(block) == 6 * block.channels for block in with_dsa.dsa)
 
 
-def test_dsa_matches_the_formulas():
-    torch.manual_seed(1)
-    block = DSA(4)
-    with torch.no_grad():
-        for parameter in block.parameters():
-            parameter.copy_(torch.randn_like(parameter))
-    x = torch.randn(2, 4, 5, 3)
-    eps = 1e-5
+def reference_dsa(block, x, eps=1e-5):
+    """DESIGN.md's DSA formulas, written out literally: ``(y, g_c, g_s)``."""
     e_c = block.alpha_c * torch.sqrt((x ** 2).sum(dim=(2, 3), keepdim=True) + eps)
     g_c = 1 + torch.tanh(e_c * block.gamma_c / torch.sqrt((e_c ** 2).mean(dim=1, keepdim=True) + eps) + block.beta_c)
     e_s = block.alpha_s * torch.sqrt((x ** 2).sum(dim=1, keepdim=True) + eps)
     g_s = 1 + torch.tanh(e_s * block.gamma_s / torch.sqrt((e_s ** 2).mean(dim=(2, 3), keepdim=True) + eps)
                          + block.beta_s)
+    return x + x * g_c * g_s, g_c, g_s
+
+
+def random_dsa(channels, seed):
+    torch.manual_seed(seed)
+    block = DSA(channels)
+    with torch.no_grad():
+        for parameter in block.parameters():
+            parameter.copy_(torch.randn_like(parameter))
+    return block
+
+
+def test_dsa_matches_the_formulas():
+    block = random_dsa(4, seed=1)
+    x = torch.randn(2, 4, 5, 3)
+    expected, g_c, g_s = reference_dsa(block, x)
     assert g_c.shape == (2, 4, 1, 1) and g_s.shape == (2, 4, 5, 3)
-    assert torch.allclose(block(x), x + x * g_c * g_s, atol=1e-6)
+    assert torch.allclose(block(x), expected, atol=1e-6)
+    assert torch.allclose(block.gate(x), g_c * g_s, atol=1e-6)
+
+
+def test_dsa_gradients_are_those_of_the_formulas():
+    """``forward`` rearranges the formulas to save memory; in float64 its gradients equal theirs, also for a
+    post-ReLU input with a dead channel and an all-zero position."""
+    block = random_dsa(6, seed=2).double()
+    x = torch.randn(3, 6, 7, 5, dtype=torch.float64).relu()
+    x[:, 0] = 0
+    x[:, :, 0, 0] = 0
+    x.requires_grad_(True)
+    weights = torch.randn_like(x)
+    inputs = [x, *block.parameters()]
+    got = torch.autograd.grad((block(x) * weights).sum(), inputs)
+    expected = torch.autograd.grad((reference_dsa(block, x)[0] * weights).sum(), inputs)
+    for name, a, b in zip(["x", *dict(block.named_parameters())], got, expected):
+        assert torch.allclose(a, b, rtol=1e-9, atol=1e-12), name
 
 
 def test_gates_start_at_one():

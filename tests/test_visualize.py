@@ -1,5 +1,6 @@
 import os
 
+import matplotlib.pyplot as plt
 import numpy as np
 import pytest
 import torch
@@ -190,3 +191,43 @@ def test_save_rank_lists_writes_one_figure_per_sampled_query(tmp_path):
     assert len(everything) == 3
     with pytest.raises(UsageError, match="--visrank"):
         visualize.save_rank_lists(distances, query, gallery, str(tmp_path / "none"), topk=0)
+
+
+def test_the_correlation_figure_is_titled_with_the_avg_corr_line(monkeypatch):
+    figures = []
+    monkeypatch.setattr(visualize, "_save", lambda figure, path, dpi: figures.append(figure))
+    same = visualize.spatial_correlation(np.broadcast_to(np.arange(6.0)[:, None, None], (6, 2, 3)))
+    mixed = visualize.spatial_correlation(np.random.default_rng(5).normal(size=(16, 3, 2)))
+    assert visualize.correlation_title(same) == "Avg.Corr : 1.000"
+    assert visualize.correlation_title(mixed) == f"Avg.Corr : {np.mean(mixed):.3f}"
+    visualize.plot_correlation(same, "unused.png")
+    image = gradient_image(12, 6).permute(1, 2, 0).numpy()
+    visualize.plot_comparison(image, [("baseline", np.ones((6, 3, 2)), same), ("DSP", np.ones((6, 3, 2)), mixed)],
+                              "unused.png", "title")
+    titles = [[axis.get_title() for axis in figure.findobj(plt.Axes)] for figure in figures]
+    for figure in figures:
+        plt.close(figure)
+    assert "Avg.Corr : 1.000" in titles[0]
+    assert [title for title in titles[1] if title.startswith("Avg.Corr")] == [
+        "Avg.Corr : 1.000", visualize.correlation_title(mixed)]
+
+
+def test_input_size_prefers_the_flags_then_the_checkpoint_then_384x128():
+    assert visualize.input_size(None, None, [None]) == (384, 128)
+    assert visualize.input_size(None, None, [None, (128, 64), (256, 128)]) == (128, 64)
+    assert visualize.input_size(96, None, [(128, 64)]) == (96, 64)
+    assert visualize.input_size(96, 48, [(128, 64)]) == (96, 48)
+    with pytest.raises(UsageError, match="at least 16 pixels, got 8x64"):
+        visualize.input_size(8, None, [(128, 64)])
+
+
+def test_the_untrained_baseline_is_the_same_on_every_call_and_leaves_the_global_seed_alone(monkeypatch, tmp_path):
+    monkeypatch.setattr(models, "imagenet_weights_path", lambda arch: str(tmp_path / "absent.pth"))
+    torch.manual_seed(123)
+    first, pretrained = visualize.baseline_model("resnet18")
+    after = torch.rand(3)
+    second, _ = visualize.baseline_model("resnet18")
+    assert not pretrained
+    torch.testing.assert_close(first.state_dict(), second.state_dict())
+    torch.manual_seed(123)
+    assert torch.equal(after, torch.rand(3))

@@ -27,21 +27,36 @@ class DSA(nn.Module):
         self.beta_s = nn.Parameter(torch.zeros(shape))
 
     def channel_gate(self, x):
-        embedding = self.alpha_c * (x.pow(2).sum(dim=(2, 3), keepdim=True) + EPS).sqrt()
+        return self._channel_gate(x.square())
+
+    def spatial_gate(self, x):
+        return 1 + self._spatial_tanh(x.square())
+
+    def _channel_gate(self, square):
+        embedding = self.alpha_c * (square.sum(dim=(2, 3), keepdim=True) + EPS).sqrt()
         norm = self.gamma_c / (embedding.pow(2).mean(dim=1, keepdim=True) + EPS).sqrt()
         return 1 + torch.tanh(embedding * norm + self.beta_c)
 
-    def spatial_gate(self, x):
-        embedding = self.alpha_s * (x.pow(2).sum(dim=1, keepdim=True) + EPS).sqrt()
-        norm = self.gamma_s / (embedding.pow(2).mean(dim=(2, 3), keepdim=True) + EPS).sqrt()
-        return 1 + torch.tanh(embedding * norm + self.beta_s)
+    def _spatial_tanh(self, square):
+        """``tanh(e_s * n_s + beta_s)`` without building e_s, the same function with fewer full-size tensors.
+
+        With ``s = sqrt(sum_c x^2 + eps)``, ``e_s = alpha_s * s``, so ``mean_hw(e_s^2) = alpha_s^2 * mean_hw(s^2)``
+        and ``e_s * n_s = s * k`` with the per-image, per-channel ``k = alpha_s * gamma_s /
+        sqrt(alpha_s^2 * mean_hw(s^2) + eps)``.
+        """
+        energy = square.sum(dim=1, keepdim=True) + EPS
+        scale = self.alpha_s * self.gamma_s / (self.alpha_s.pow(2) * energy.mean(dim=(2, 3), keepdim=True) + EPS).sqrt()
+        return torch.addcmul(self.beta_s, energy.sqrt(), scale).tanh_()
 
     def gate(self, x):
         """The fused gate ``g_c * g_s`` of shape (B, C, H, W), as shown by the visualisation tools."""
         return self.channel_gate(x) * self.spatial_gate(x)
 
     def forward(self, x):
-        return x + x * self.gate(x)
+        """``x + x * g_c * g_s``, written ``x * (1 + g_c + g_c * tanh(...))`` to save full-size tensors."""
+        square = x.square()
+        channel = self._channel_gate(square)
+        return x * torch.addcmul(1 + channel, channel, self._spatial_tanh(square))
 
     def extra_repr(self):
         return f"channels={self.channels}"

@@ -1,0 +1,217 @@
+"""Training speed of the DSP model against the same network without DSA and deep supervision, and of the input
+pipeline with and without --cache-images; prints one JSON object.
+
+    .venv/bin/python -m benchmarks.train_speed                      # GPU: resnet50, 384x128, batch 64, all variants
+    .venv/bin/python -m benchmarks.train_speed --device cpu --batch-size 8 --steps 3 --warmup 1 --workers 2 \
+        --pipeline-ids 16                                           # CPU: about 2-3 minutes on 2 cores
+
+"dsp" is the full model; "plain" is the same ResNet with the same PCB head, built with dsa=False and
+deep_supervision=False (the paper's baseline row). A step is one training iteration as in reid.trainer
+(forward, DeepSupervisionLoss, backward, SGD step) on a fixed random batch. The models take turns step by step,
+so a change in the machine's load (this CPU is shared) affects all of them alike, and the median step time is
+reported; step_time_ratio is the DSP step time over the plain one (target: at most 1.15). The top-level
+figures are those of the first variant (fp32 unless --variants says otherwise); "variants" holds them all.
+
+On CUDA every variant is measured: fp32, amp (as main.py's --amp: bf16 autocast, or fp16 with a gradient
+scaler on GPUs older than Ampere), amp + channels_last, and amp + channels_last + torch.compile; peak_mib is then the CUDA memory a
+step of that model needs (its own tensors plus the step's peak, timed steps only). A variant that fails
+reports its error instead of figures. On CPU only fp32, and the memory figures are the process's peak RSS.
+
+The pipeline figures time reid.data.train_loader (the training loader of main.py: decoding, resizing, flips,
+normalisation, batching; pinned memory on CUDA) over a generated synthetic dataset of 128x64 JPEG images, as in
+Market-1501, without and with the in-memory cache; each is the last of --pipeline-epochs passes (workers
+started, cache built).
+"""
+import argparse
+import json
+import resource
+import statistics
+import tempfile
+import time
+
+import torch
+
+from reid import data, datasets, models
+from reid.datasets import synthetic
+from reid.losses import DeepSupervisionLoss
+from reid.trainer import build_optimizer, mixed_precision
+
+VARIANTS = {"fp32": dict(amp=False, channels_last=False, compile=False),
+            "amp": dict(amp=True, channels_last=False, compile=False),
+            "amp_channels_last": dict(amp=True, channels_last=True, compile=False),
+            "amp_channels_last_compile": dict(amp=True, channels_last=True, compile=True)}
+MODELS = {"dsp": dict(dsa=True, deep_supervision=True), "plain": dict(dsa=False, deep_supervision=False)}
+
+
+def synchronize(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+class TrainingRun:
+    """One model in one variant, with its optimiser and a fixed batch; ``step()`` is one training iteration."""
+
+    def __init__(self, model_options, variant, args, device):
+        torch.manual_seed(0)
+        self.device = device
+        self.model = models.create(args.arch, args.classes, **model_options).to(device).train()
+        self.images = torch.randn(args.batch_size, 3, args.height, args.width, device=device)
+        self.targets = torch.randint(args.classes, (args.batch_size,), device=device)
+        if variant["channels_last"]:
+            self.model.to(memory_format=torch.channels_last)
+            self.images = self.images.contiguous(memory_format=torch.channels_last)
+        self.forward = torch.compile(self.model) if variant["compile"] else self.model
+        self.criterion = DeepSupervisionLoss()
+        self.optimizer = build_optimizer(self.model, lr=0.01, momentum=0.9, weight_decay=5e-4, backbone_lr_mult=0.1)
+        self.dtype, self.scaler = mixed_precision(device) if variant["amp"] else (None, None)
+        self.seconds, self.peak_bytes, self.error = [], 0, None
+
+    def step(self):
+        with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype is not None):
+            logits = self.forward(self.images)
+        loss = self.criterion(logits, self.targets)
+        if self.scaler is not None:
+            self.scaler.scale(loss).backward()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            loss.backward()
+            self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+
+    def resident_bytes(self):
+        """Bytes this run keeps between steps: weights, buffers, optimiser state and the batch."""
+        state = [value for entry in self.optimizer.state.values() for value in entry.values() if torch.is_tensor(value)]
+        tensors = [*self.model.parameters(), *self.model.buffers(), *state, self.images, self.targets]
+        return sum(tensor.numel() * tensor.element_size() for tensor in tensors)
+
+    def timed_step(self, record):
+        cuda = self.device.type == "cuda"
+        if cuda:
+            torch.cuda.reset_peak_memory_stats(self.device)
+            before = torch.cuda.memory_allocated(self.device)
+        synchronize(self.device)
+        started = time.perf_counter()
+        self.step()
+        synchronize(self.device)
+        if not record:
+            return
+        self.seconds.append(time.perf_counter() - started)
+        if cuda:
+            step_peak = torch.cuda.max_memory_allocated(self.device) - before
+            self.peak_bytes = max(self.peak_bytes, step_peak + self.resident_bytes())
+
+
+def time_training(variant_names, args, device):
+    """{variant: {model: run}} after ``args.warmup`` + ``args.steps`` steps each, taken in turns.
+
+    A run that fails (torch.compile has failed on some PyTorch versions) keeps its error and stops; the others
+    go on, so that one variant does not cost the figures of all.
+    """
+    runs = {name: {model: TrainingRun(options, VARIANTS[name], args, device) for model, options in MODELS.items()}
+            for name in variant_names}
+    for index in range(args.warmup + args.steps):
+        for by_model in runs.values():
+            for run in by_model.values():
+                if run.error is not None:
+                    continue
+                try:
+                    run.timed_step(record=index >= args.warmup)
+                except Exception as error:
+                    run.error = f"{type(error).__name__}: {str(error).strip()[:300]}"
+    return runs
+
+
+def training_figures(by_model, args, device):
+    errors = {model: run.error for model, run in by_model.items() if run.error is not None}
+    if errors:
+        return {f"{model}_error": error for model, error in errors.items()}
+    seconds = {model: statistics.median(run.seconds) for model, run in by_model.items()}
+    figures = {f"{model}_images_per_second": round(args.batch_size / seconds[model], 2) for model in MODELS}
+    figures.update({f"{model}_step_seconds": round(seconds[model], 4) for model in MODELS})
+    figures["step_time_ratio"] = round(seconds["dsp"] / seconds["plain"], 3)
+    if device.type == "cuda":
+        figures.update({f"{model}_peak_mib": round(run.peak_bytes / 2**20) for model, run in by_model.items()})
+    return figures
+
+
+def pipeline_speed(items, args, cache):
+    """(images/s of the last pass, seconds to build the loader (the cache), cache size in bytes)."""
+    loader_args = argparse.Namespace(batch_size=args.batch_size, height=args.height, width=args.width,
+                                     random_erasing=0.0, num_instances=0, seed=1, workers=args.workers,
+                                     deterministic=False)
+    started = time.perf_counter()
+    loader = data.train_loader(items, loader_args, cache=cache)
+    build_seconds = time.perf_counter() - started
+    for epoch in range(args.pipeline_epochs):
+        data.start_epoch(loader, epoch)
+        started = time.perf_counter()
+        images = sum(len(batch[0]) for batch in loader)
+        seconds = time.perf_counter() - started
+    cached = loader.dataset.cached or []
+    return images / seconds, build_seconds, sum(image.numel() for image in cached)
+
+
+def time_pipeline(items, args):
+    plain_speed, _, _ = pipeline_speed(items, args, cache=False)
+    cached_speed, build_seconds, cache_bytes = pipeline_speed(items, args, cache=True)
+    return {"pipeline_images": len(items), "workers": args.workers,
+            "pipeline_images_per_second": round(plain_speed, 1),
+            "cached_pipeline_images_per_second": round(cached_speed, 1),
+            "cache_build_seconds": round(build_seconds, 2), "cache_mib": round(cache_bytes / 2**20, 1)}
+
+
+def peak_rss_mib():
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+
+
+def get_args_parser():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("-a", "--arch", default="resnet50", choices=models.names())
+    parser.add_argument("--height", type=int, default=384)
+    parser.add_argument("--width", type=int, default=128)
+    parser.add_argument("-b", "--batch-size", type=int, default=64)
+    parser.add_argument("--classes", type=int, default=751, help="identities (Market-1501 has 751)")
+    parser.add_argument("--steps", type=int, default=20, help="timed steps per model and variant")
+    parser.add_argument("--warmup", type=int, default=5, help="untimed steps first (compilation, cuDNN tuning)")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=None,
+                        help="default: every variant on CUDA, fp32 on CPU")
+    parser.add_argument("-j", "--workers", type=int, default=4, help="loader worker processes")
+    parser.add_argument("--pipeline-ids", type=int, default=100,
+                        help="identities of the generated dataset (about 21 images each)")
+    parser.add_argument("--pipeline-epochs", type=int, default=2)
+    return parser
+
+
+def main(argv=None):
+    parser = get_args_parser()
+    args = parser.parse_args(argv)
+    if min(args.steps, args.batch_size, args.pipeline_ids, args.pipeline_epochs) < 1 or args.warmup < 0:
+        parser.error("--steps, --batch-size, --pipeline-ids and --pipeline-epochs must be at least 1")
+    device = torch.device(args.device)
+    variants = args.variants or (list(VARIANTS) if device.type == "cuda" else ["fp32"])
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    elif any(VARIANTS[name] != VARIANTS["fp32"] for name in variants):
+        parser.error("the amp, channels_last and compile variants are measured on CUDA only")
+    with tempfile.TemporaryDirectory() as folder:
+        synthetic.generate(f"{folder}/synthetic", num_train_ids=args.pipeline_ids, num_test_ids=1)
+        items = datasets.create("synthetic", f"{folder}/synthetic", combine_trainval=True, verbose=False).train
+        if len(items) < args.batch_size:
+            parser.error(f"--pipeline-ids {args.pipeline_ids} gives {len(items)} images, fewer than a batch")
+        runs = time_training(variants, args, device)
+        by_variant = {name: training_figures(by_model, args, device) for name, by_model in runs.items()}
+        del runs
+        result = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+                  "torch": torch.__version__, "threads": torch.get_num_threads(), "arch": args.arch,
+                  "height": args.height, "width": args.width, "batch_size": args.batch_size, "steps": args.steps,
+                  "warmup": args.warmup, "variant": variants[0], **by_variant[variants[0]], "variants": by_variant,
+                  "training_peak_rss_mib": peak_rss_mib()}
+        result.update(time_pipeline(items, args))
+    result["peak_rss_mib"] = peak_rss_mib()
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
