@@ -1,4 +1,6 @@
 """From (path, pid, camid) lists to batches: image reading, transforms, samplers and loaders."""
+import re
+
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 from torchvision.io import ImageReadMode, decode_image, read_file
@@ -8,6 +10,8 @@ from .errors import UsageError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+# torchvision's decoding errors start with the C++ function and source line ("decode_jpeg, /path/x.cpp:171, ").
+_SOURCE_LOCATION = re.compile(r"^.*\.cpp:\d+,\s*", re.DOTALL)
 
 
 def read_image(path):
@@ -15,8 +19,9 @@ def read_image(path):
     try:
         return decode_image(read_file(path), mode=ImageReadMode.RGB)
     except (RuntimeError, OSError, ValueError) as error:
-        raise UsageError(f"Cannot read the image {path}: {str(error).strip().rstrip('.') or type(error).__name__}. "
-                         f"Expected a JPEG or PNG file; remove or replace it.") from None
+        reason = _SOURCE_LOCATION.split(str(error))[-1].strip().rstrip(".") or type(error).__name__
+        raise UsageError(f"Cannot read the image {path}: {reason}. Expected a JPEG or PNG file; remove or "
+                         f"replace it.") from None
 
 
 def build_transform(height, width, train, random_erasing=0.0):
@@ -31,7 +36,12 @@ def build_transform(height, width, train, random_erasing=0.0):
 
 
 class ReidImages(Dataset):
-    """Items ``(image, pid, camid, index)``; with ``cache`` every image is decoded once and kept in memory."""
+    """Items ``(image, pid, camid, index)``; with ``cache`` every image is decoded once and kept in memory.
+
+    The training samplers ask for ``(index, seed)``: that image's random augmentation is then drawn from
+    ``seed`` alone, so it is the same whichever worker or process transforms it, and a run resumed in the
+    middle of an epoch sees the same flips as an uninterrupted one.
+    """
 
     def __init__(self, items, transform, cache=False):
         self.items = list(items)
@@ -41,10 +51,15 @@ class ReidImages(Dataset):
     def __len__(self):
         return len(self.items)
 
-    def __getitem__(self, index):
+    def __getitem__(self, key):
+        index, seed = key if isinstance(key, tuple) else (key, None)
         path, pid, camid = self.items[index]
         image = self.cached[index] if self.cached is not None else read_image(path)
-        return self.transform(image), pid, camid, index
+        if seed is None:
+            return self.transform(image), pid, camid, index
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return self.transform(image), pid, camid, index
 
 
 class _EpochSampler(Sampler):
@@ -78,8 +93,12 @@ class _EpochSampler(Sampler):
         return batches[self.rank:usable:self.world_size][self.start_step:]
 
     def __iter__(self):
-        for batch in self._own_batches():
-            yield from batch
+        """``(index, seed)`` pairs (see ``ReidImages``); the seed depends on (seed, epoch, place in the epoch)."""
+        base = (self.seed * 1_000_003 + self.epoch) * 1_000_003
+        for number, batch in enumerate(self._own_batches(), start=self.start_step):
+            place = (number * self.world_size + self.rank) * self.batch_size
+            for slot, index in enumerate(batch):
+                yield index, (base + place + slot) % 2**63
 
     def __len__(self):
         return sum(len(batch) for batch in self._own_batches())

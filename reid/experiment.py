@@ -182,7 +182,7 @@ def _run(args, rank, world_size, device):
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     model.to(device)
     if args.channels_last:
-        models.to_channels_last(model)
+        model.to(memory_format=torch.channels_last)
     print(f"model: {arch} with {num_classes} classes, dsa={options['dsa']}, deep_supervision="
           f"{options['deep_supervision']}, parts={options['parts']}, feature={options['feature']}, "
           f"{sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters, on {device}"

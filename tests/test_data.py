@@ -5,7 +5,7 @@ import pytest
 import torch
 from PIL import Image
 
-from reid import data
+from reid import data, datasets
 from reid.errors import UsageError
 
 
@@ -40,27 +40,33 @@ def test_transforms_resize_to_portrait_and_normalise():
     assert torch.allclose(test[:, 0, 0], expected, atol=1e-4)
 
 
+def indices(sampler):
+    return [index for index, _ in sampler]
+
+
 def test_shuffle_sampler_covers_full_batches_and_changes_with_epoch():
     sampler = data.ShuffleSampler(num_items=10, batch_size=3, seed=1)
-    first = list(sampler)
+    first = indices(sampler)
     assert len(first) == len(sampler) == 9 and len(set(first)) == 9
     sampler.set_epoch(1)
-    assert list(sampler) != first
+    assert indices(sampler) != first
     sampler.set_epoch(0)
-    assert list(sampler) == first, "the order is a function of (seed, epoch)"
+    assert indices(sampler) == first, "the order is a function of (seed, epoch)"
 
 
 def test_sampler_start_skips_the_batches_already_seen():
     sampler = data.ShuffleSampler(num_items=12, batch_size=3, seed=1)
     everything = list(sampler)
     sampler.set_start(2)
-    assert list(sampler) == everything[6:]
+    assert list(sampler) == everything[6:], "the same images with the same augmentation seeds"
 
 
 def test_distributed_shards_are_disjoint_and_equal():
     shards = [list(data.ShuffleSampler(20, 2, seed=3, rank=r, world_size=2)) for r in range(2)]
     assert len(shards[0]) == len(shards[1]) == 10
-    assert not set(shards[0]) & set(shards[1])
+    assert not {i for i, _ in shards[0]} & {i for i, _ in shards[1]}
+    seeds = [seed for shard in shards for _, seed in shard]
+    assert len(set(seeds)) == 20, "each image of the epoch gets its own augmentation seed"
 
 
 def test_identity_sampler_batches_hold_k_images_of_p_ids():
@@ -71,7 +77,7 @@ def test_identity_sampler_batches_hold_k_images_of_p_ids():
     for batch in batches:
         counts = Counter(pids[i] for i in batch)
         assert len(batch) == 4 and sorted(counts.values()) == [2, 2]
-    shards = [list(data.IdentitySampler(pids, 4, 2, seed=0, rank=r, world_size=2)) for r in range(2)]
+    shards = [indices(data.IdentitySampler(pids, 4, 2, seed=0, rank=r, world_size=2)) for r in range(2)]
     assert len(shards[0]) == len(shards[1]) > 0
 
 
@@ -126,3 +132,15 @@ def test_cached_images_are_decoded_once_not_again_in_workers(tmp_path, monkeypat
     for epoch in range(2):
         data.start_epoch(loader, epoch)
         assert sum(len(images) for images, *_ in loader) == 4
+
+
+def test_a_seeded_item_is_augmented_the_same_whatever_the_global_random_state(tiny_synthetic):
+    items = datasets.create("synthetic", tiny_synthetic, verbose=False).train[:1]
+    images = data.ReidImages(items, data.build_transform(96, 32, train=True, random_erasing=0.5))
+    reference = images[(0, 123)][0]
+    flips = set()
+    for global_seed in range(8):
+        torch.manual_seed(global_seed)
+        assert torch.equal(images[(0, 123)][0], reference)
+        flips.add(images[(0, global_seed)][0].sum().item())
+    assert len(flips) > 1, "other seeds give other augmentations"

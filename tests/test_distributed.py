@@ -13,6 +13,7 @@ import torch.multiprocessing as mp
 
 import main
 from reid import checkpoint, distributed
+from test_experiment import tiny_args as experiment_tiny_args
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -24,9 +25,8 @@ def torchrun(*args, processes=2, timeout=120):
 
 
 def tiny_args(data_dir, logs_dir, *extra):
-    return ["-d", "synthetic", "--data-dir", str(data_dir), "--logs-dir", str(logs_dir), "-a", "resnet18",
-            "--no-pretrained", "--height", "96", "--width", "32", "-b", "16", "-j", "0", "--features", "32",
-            "--lr", "0.05", "--combine-trainval", "--device", "cpu", *extra]
+    """test_experiment's tiny run on the CPU (gloo) over every training identity."""
+    return experiment_tiny_args(data_dir, logs_dir, "--combine-trainval", "--device", "cpu", *extra)
 
 
 @pytest.fixture(scope="module")

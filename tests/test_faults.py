@@ -192,6 +192,25 @@ def test_interrupted_mid_epoch_and_resumed_equals_the_uninterrupted_run(tiny_syn
     assert_same_run(tmp_path / "whole", logs)
 
 
+def test_a_mid_epoch_resume_with_loader_workers_replays_the_same_augmentations(tiny_synthetic, tmp_path, capsys,
+                                                                              monkeypatch):
+    """With -j 1 the random flips are drawn in a worker process: each image's augmentation seed comes from the
+    sampler, so the steps after a mid-epoch resume see the same flips as in the uninterrupted run."""
+    def argv(logs, *extra):
+        return tiny_args(tiny_synthetic, logs, "--epochs", "1", *extra, "-j", "1")
+
+    code, _, err = run_main(capsys, monkeypatch, argv(tmp_path / "whole"))
+    assert code == 0, err
+    logs = tmp_path / "interrupted"
+    with monkeypatch.context() as patch:
+        signal_after(patch, trainer, "part_accuracy", 1, signal.SIGTERM)
+        code, _, err = run_main(capsys, patch, argv(logs))
+    assert code == 128 + signal.SIGTERM, err
+    code, _, err = run_main(capsys, monkeypatch, argv(logs, "--resume", str(logs / "checkpoint.pth.tar")))
+    assert code == 0, err
+    assert_same_run(tmp_path / "whole", logs)
+
+
 # Problems met during training ------------------------------------------------------------------------------
 
 STRAY_FILES = ("Thumbs.db", "notes.txt", "0001_c1.jpg")
@@ -237,7 +256,8 @@ def first_image_of_epoch_two(root):
     dataset = datasets.create("synthetic", root, verbose=False)
     sampler = data.ShuffleSampler(len(dataset.train), 16, seed=1)
     sampler.set_epoch(1)
-    return dataset.train[next(iter(sampler))][0]
+    index, _ = next(iter(sampler))
+    return dataset.train[index][0]
 
 
 @pytest.mark.parametrize("damage,workers", [("empty", "0"), ("truncated", "1"), ("text", "0")])

@@ -260,7 +260,7 @@ def test_sample_features_dry_run_runs_each_tool_on_the_demo_model(tmp_path):
     (tmp_path / "demo" / "model_best.pth.tar").touch()
     best, out, query = f"{tmp_path}/demo/model_best.pth.tar", f"{tmp_path}/samples", "data/synthetic/query"
     python = ".venv/bin/python"
-    lines = sample_features_dry_run(tmp_path)
+    lines = sample_features_dry_run(tmp_path, f"SAMPLE_BASELINE={tmp_path}/no-baseline.pth.tar")
     assert lines[:2] == [f"mkdir -p {out}", f"rm -f {out}/*.npy {out}/*.png"]
     assert lines[2:6] == [
         f"{python} single_images_features_3.py --checkpoint {best} --image {query}/0101_c3s1_000025_01.jpg "

@@ -8,7 +8,7 @@ from ..errors import UsageError
 from .attention import DSA
 from .dsp import DSP, FEATURES
 
-__all__ = ["DSA", "DSP", "FEATURES", "create", "names", "from_checkpoint", "imagenet_weights_path", "to_channels_last"]
+__all__ = ["DSA", "DSP", "FEATURES", "create", "names", "from_checkpoint", "imagenet_weights_path"]
 
 _ARCHS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
 
@@ -126,16 +126,3 @@ def load_model_state(model, state, source):
             f"deep_supervision={model.options['deep_supervision']}, parts={model.options['parts']}): "
             f"{'; '.join(details)}. Use the same -a/--arch, dataset and switches as the run that saved it.")
     model.load_state_dict(state)
-
-
-def to_channels_last(model):
-    """Store the convolution weights in channels-last order (for --channels-last), and nothing else.
-
-    ``model.to(memory_format=torch.channels_last)`` would also restride the DSA gates' (1, C, 1, 1)
-    parameters, and torch.compile's backward has returned their gradients as (C,), which autograd rejects
-    (seen with PyTorch 2.11 on an H100). The gates gain nothing from the layout.
-    """
-    for module in model.modules():
-        if isinstance(module, torch.nn.Conv2d):
-            module.to(memory_format=torch.channels_last)
-    return model
