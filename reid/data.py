@@ -171,19 +171,17 @@ def train_loader(items, args, rank=0, world_size=1, cache=False):
     if sampler.steps_per_epoch() == 0:
         raise UsageError(f"The training split has {len(items)} images, fewer than one batch of "
                          f"-b/--batch-size {args.batch_size}; lower the batch size.")
-    return _loader(dataset, batch_size, args.workers, sampler=sampler, generator=torch.Generator(),
-                   persistent=not args.deterministic)
+    return _loader(dataset, batch_size, args.workers, sampler=sampler, generator=torch.Generator())
 
 
 def start_epoch(loader, epoch, start_step=0):
-    """Point the training loader at ``epoch`` (from batch ``start_step``); reseed its workers.
+    """Point the training loader at ``epoch``, from batch ``start_step`` (a run resumed mid-epoch).
 
-    Worker seeds come from the loader's generator, seeded by (seed, epoch): with fresh workers each
-    epoch (``--deterministic``) the augmentations of an epoch are the same in a resumed run.
+    The order and every image's augmentation are functions of (seed, epoch, place in the epoch) (see
+    ``ReidImages``), so nothing in the (persistent) worker processes needs reseeding.
     """
     loader.sampler.set_epoch(epoch)
     loader.sampler.set_start(start_step)
-    loader.generator.manual_seed(loader.sampler.seed * 1_000_003 + epoch)
 
 
 def test_loader(items, args, cache=False):
@@ -191,7 +189,9 @@ def test_loader(items, args, cache=False):
     return _loader(ReidImages(items, transform, cache=cache), args.batch_size, args.workers)
 
 
-def _loader(dataset, batch_size, workers, sampler=None, generator=None, persistent=True):
+def _loader(dataset, batch_size, workers, sampler=None, generator=None):
+    """``generator``: the training loader has its own, because a DataLoader draws its workers' base seed from
+    it at every epoch; from the global generator, that draw would shift the dropout of a resumed run."""
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers,
-                      pin_memory=torch.cuda.is_available(), persistent_workers=persistent and workers > 0,
-                      generator=generator, drop_last=False)
+                      pin_memory=torch.cuda.is_available(), persistent_workers=workers > 0, generator=generator,
+                      drop_last=False)
