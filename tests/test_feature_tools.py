@@ -241,8 +241,11 @@ def test_command_line_exit_code_without_traceback(tmp_path):
 
 
 def sample_features_dry_run(tmp_path, *variables):
-    """The commands ``make -n sample-features`` would run, continuation lines joined, venv set-up left out."""
-    result = subprocess.run(["make", "-n", "sample-features", f"DEMO_LOGS={tmp_path}/demo",
+    """The commands ``make -n sample-features`` would run, continuation lines joined, venv set-up left out.
+
+    ``--no-print-directory``: under ``make test`` (CI) this make is a sub-make, which would print
+    "Entering directory" lines."""
+    result = subprocess.run(["make", "--no-print-directory", "-n", "sample-features", f"DEMO_LOGS={tmp_path}/demo",
                              f"SAMPLE_DIR={tmp_path}/samples", f"SAMPLE_EVAL={tmp_path}/eval", *variables],
                             cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
