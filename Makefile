@@ -8,7 +8,7 @@ INSTALLED := $(VENV)/.installed
 DEMO_DATA ?= data/synthetic
 DEMO_LOGS ?= logs/demo
 DEMO_ARGS ?= -d synthetic --data-dir $(DEMO_DATA) -a resnet18 --no-pretrained --height 128 --width 64 \
-	-b 32 -j 2 --epochs 12 --step-size 8 --lr 0.05 --eval-freq 4 --combine-trainval
+	-b 32 -j 2 --epochs 12 --step-size 8 --lr 0.05 --eval-freq 4 --combine-trainval --flip-test
 
 .PHONY: venv test demo sample-features
 
