@@ -34,7 +34,7 @@ import torch
 from reid import data, datasets, models
 from reid.datasets import synthetic
 from reid.losses import DeepSupervisionLoss
-from reid.trainer import build_optimizer, mixed_precision
+from reid.trainer import apply_gradients, build_optimizer, mixed_precision
 
 VARIANTS = {"fp32": dict(amp=False, channels_last=False, compile=False),
             "amp": dict(amp=True, channels_last=False, compile=False),
@@ -69,15 +69,7 @@ class TrainingRun:
     def step(self):
         with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype is not None):
             logits = self.forward(self.images)
-        loss = self.criterion(logits, self.targets)
-        if self.scaler is not None:
-            self.scaler.scale(loss).backward()
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-        else:
-            loss.backward()
-            self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
+        apply_gradients(self.criterion(logits, self.targets), self.optimizer, self.scaler)
 
     def resident_bytes(self):
         """Bytes this run keeps between steps: weights, buffers, optimiser state and the batch."""
@@ -138,8 +130,7 @@ def training_figures(by_model, args, device):
 def pipeline_speed(items, args, cache):
     """(images/s of the last pass, seconds to build the loader (the cache), cache size in bytes)."""
     loader_args = argparse.Namespace(batch_size=args.batch_size, height=args.height, width=args.width,
-                                     random_erasing=0.0, num_instances=0, seed=1, workers=args.workers,
-                                     deterministic=False)
+                                     random_erasing=0.0, num_instances=0, seed=1, workers=args.workers)
     started = time.perf_counter()
     loader = data.train_loader(items, loader_args, cache=cache)
     build_seconds = time.perf_counter() - started

@@ -48,10 +48,6 @@ def is_distributed():
     return dist.is_available() and dist.is_initialized()
 
 
-def is_main_process():
-    return not is_distributed() or dist.get_rank() == 0
-
-
 @contextlib.contextmanager
 def peers_alive():
     """Around a process's work: a collective (a barrier, DDP's gradient all-reduce) that fails because another

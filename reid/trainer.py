@@ -79,6 +79,18 @@ class StopRequest:
         return self.signal_name is not None
 
 
+def apply_gradients(loss, optimizer, scaler=None):
+    """Back-propagate ``loss`` and take one optimiser step, through the fp16 gradient scaler when there is one."""
+    optimizer.zero_grad(set_to_none=True)
+    if scaler is None:
+        loss.backward()
+        optimizer.step()
+        return
+    scaler.scale(loss).backward()
+    scaler.step(optimizer)
+    scaler.update()
+
+
 def train_one_epoch(model, criterion, optimizer, loader, device, epoch, args, scaler=None, autocast_dtype=None,
                     stop=None, start_step=0, show_progress=True):
     """Train for one pass over ``loader`` (from batch ``start_step``); return the epoch's figures.
@@ -108,14 +120,7 @@ def train_one_epoch(model, criterion, optimizer, loader, device, epoch, args, sc
                 f"The loss became {loss_value} at epoch {epoch + 1}, step {step + 1}: training diverged and was "
                 f"stopped before that step changed the model. Train again with a lower --lr (a resumed run keeps "
                 f"the learning rate saved in its checkpoint).")
-        optimizer.zero_grad(set_to_none=True)
-        if scaler is not None:
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            loss.backward()
-            optimizer.step()
+        apply_gradients(loss, optimizer, scaler)
         accuracy = part_accuracy(logits, targets).item()
         loss_sum += loss_value
         accuracy_sum += accuracy
