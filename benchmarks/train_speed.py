@@ -9,18 +9,23 @@ pipeline with and without --cache-images; prints one JSON object.
 deep_supervision=False (the paper's baseline row). A step is one training iteration as in reid.trainer
 (forward, DeepSupervisionLoss, backward, SGD step) on a fixed random batch. The models take turns step by step,
 so a change in the machine's load (this CPU is shared) affects all of them alike, and the median step time is
-reported; step_time_ratio is the DSP step time over the plain one (target: at most 1.15). The top-level
-figures are those of the first variant (fp32 unless --variants says otherwise); "variants" holds them all.
+reported; step_time_ratio is the DSP step time over the plain one (target: at most 1.15). dsa_seconds times
+forward + backward through the three DSA blocks alone, on the feature maps of that batch (dsa_share_of_dsp_step:
+its share of the DSP step), which resolves the blocks' cost more finely than the ratio of two noisy step times
+on a shared CPU. The top-level figures are those of the first variant (fp32 unless --variants says otherwise);
+"variants" holds them all.
 
 On CUDA every variant is measured: fp32, amp (as main.py's --amp: bf16 autocast, or fp16 with a gradient
 scaler on GPUs older than Ampere), amp + channels_last, and amp + channels_last + torch.compile; peak_mib is then the CUDA memory a
 step of that model needs (its own tensors plus the step's peak, timed steps only). A variant that fails
 reports its error instead of figures. On CPU only fp32, and the memory figures are the process's peak RSS.
 
-The pipeline figures time reid.data.train_loader (the training loader of main.py: decoding, resizing, flips,
-normalisation, batching; pinned memory on CUDA) over a generated synthetic dataset of 128x64 JPEG images, as in
-Market-1501, without and with the in-memory cache; each is the last of --pipeline-epochs passes (workers
-started, cache built).
+The pipeline figures time reid.data.train_loader (the training loader of main.py: decoding, resizing, flips and
+batching as uint8 in the workers; pinned memory on CUDA) over a generated synthetic dataset of 128x64 JPEG images,
+as in Market-1501, without and with the in-memory cache. "loader" is the loader alone; "pipeline" adds
+reid.data.to_model_input (the copy to the device, conversion to float and normalisation there), which on a GPU
+costs the workers nothing and on the CPU runs in the training process. Each is one pass, after
+--pipeline-epochs untimed ones.
 """
 import argparse
 import json
@@ -114,7 +119,32 @@ def time_training(variant_names, args, device):
     return runs
 
 
-def training_figures(by_model, args, device):
+def time_dsa_blocks(run, variant, args):
+    """Median seconds of forward + backward through the DSP model's three DSA blocks alone, on the maps they get
+    in this variant's training step (its dtype and memory format); compiled blocks in the compile variant."""
+    maps = []
+    hooks = [block.register_forward_pre_hook(lambda module, inputs: maps.append(inputs[0].detach()))
+             for block in run.model.dsa]
+    with torch.no_grad(), torch.autocast(run.device.type, dtype=run.dtype, enabled=run.dtype is not None):
+        run.model(run.images)
+    for hook in hooks:
+        hook.remove()
+    blocks = [torch.compile(block) if variant["compile"] else block for block in run.model.dsa]
+    maps = [feature_map.requires_grad_() for feature_map in maps]
+    grads = [torch.randn_like(feature_map) for feature_map in maps]
+    seconds = []
+    for index in range(args.warmup + args.steps):
+        synchronize(run.device)
+        started = time.perf_counter()
+        for block, feature_map, grad in zip(blocks, maps, grads):
+            block(feature_map).backward(grad)
+        synchronize(run.device)
+        if index >= args.warmup:
+            seconds.append(time.perf_counter() - started)
+    return statistics.median(seconds)
+
+
+def training_figures(by_model, variant, args, device):
     errors = {model: run.error for model, run in by_model.items() if run.error is not None}
     if errors:
         return {f"{model}_error": error for model, error in errors.items()}
@@ -122,33 +152,53 @@ def training_figures(by_model, args, device):
     figures = {f"{model}_images_per_second": round(args.batch_size / seconds[model], 2) for model in MODELS}
     figures.update({f"{model}_step_seconds": round(seconds[model], 4) for model in MODELS})
     figures["step_time_ratio"] = round(seconds["dsp"] / seconds["plain"], 3)
+    dsa_seconds = time_dsa_blocks(by_model["dsp"], variant, args)
+    figures["dsa_seconds"] = round(dsa_seconds, 4)
+    figures["dsa_share_of_dsp_step"] = round(dsa_seconds / seconds["dsp"], 3)
     if device.type == "cuda":
         figures.update({f"{model}_peak_mib": round(run.peak_bytes / 2**20) for model, run in by_model.items()})
     return figures
 
 
-def pipeline_speed(items, args, cache):
-    """(images/s of the last pass, seconds to build the loader (the cache), cache size in bytes)."""
+def pipeline_speed(items, args, device, cache):
+    """Images/s of the loader alone and of the loader followed by ``to_model_input``, the seconds to build the
+    loader (the cache) and the cache's size in bytes.
+
+    Each rate is that of one pass, after --pipeline-epochs untimed passes (the workers start in the first).
+    The loader alone yields uint8 batches, as the workers make them; with ``to_model_input`` every batch ends
+    on ``device`` as normalised float32 model input, as in training.
+    """
     loader_args = argparse.Namespace(batch_size=args.batch_size, height=args.height, width=args.width,
                                      random_erasing=0.0, num_instances=0, seed=1, workers=args.workers)
     started = time.perf_counter()
     loader = data.train_loader(items, loader_args, cache=cache)
     build_seconds = time.perf_counter() - started
-    for epoch in range(args.pipeline_epochs):
+
+    def images_per_second(epoch, prepare):
         data.start_epoch(loader, epoch)
         started = time.perf_counter()
-        images = sum(len(batch[0]) for batch in loader)
-        seconds = time.perf_counter() - started
+        images = sum(len(prepare(batch[0])) for batch in loader)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        return images / (time.perf_counter() - started)
+
+    for epoch in range(args.pipeline_epochs):
+        images_per_second(epoch, lambda images: images)
+    loader_rate = images_per_second(args.pipeline_epochs, lambda images: images)
+    pipeline_rate = images_per_second(args.pipeline_epochs + 1, lambda images: data.to_model_input(images, device))
     cached = loader.dataset.cached or []
-    return images / seconds, build_seconds, sum(image.numel() for image in cached)
+    return loader_rate, pipeline_rate, build_seconds, sum(image.numel() for image in cached)
 
 
-def time_pipeline(items, args):
-    plain_speed, _, _ = pipeline_speed(items, args, cache=False)
-    cached_speed, build_seconds, cache_bytes = pipeline_speed(items, args, cache=True)
+def time_pipeline(items, args, device):
+    loader_rate, pipeline_rate, _, _ = pipeline_speed(items, args, device, cache=False)
+    cached_loader_rate, cached_pipeline_rate, build_seconds, cache_bytes = pipeline_speed(items, args, device,
+                                                                                          cache=True)
     return {"pipeline_images": len(items), "workers": args.workers,
-            "pipeline_images_per_second": round(plain_speed, 1),
-            "cached_pipeline_images_per_second": round(cached_speed, 1),
+            "loader_images_per_second": round(loader_rate, 1),
+            "pipeline_images_per_second": round(pipeline_rate, 1),
+            "cached_loader_images_per_second": round(cached_loader_rate, 1),
+            "cached_pipeline_images_per_second": round(cached_pipeline_rate, 1),
             "cache_build_seconds": round(build_seconds, 2), "cache_mib": round(cache_bytes / 2**20, 1)}
 
 
@@ -171,15 +221,17 @@ def get_args_parser():
     parser.add_argument("-j", "--workers", type=int, default=4, help="loader worker processes")
     parser.add_argument("--pipeline-ids", type=int, default=100,
                         help="identities of the generated dataset (about 21 images each)")
-    parser.add_argument("--pipeline-epochs", type=int, default=2)
+    parser.add_argument("--pipeline-epochs", type=int, default=1,
+                        help="untimed passes over the dataset before the timed ones")
     return parser
 
 
 def main(argv=None):
     parser = get_args_parser()
     args = parser.parse_args(argv)
-    if min(args.steps, args.batch_size, args.pipeline_ids, args.pipeline_epochs) < 1 or args.warmup < 0:
-        parser.error("--steps, --batch-size, --pipeline-ids and --pipeline-epochs must be at least 1")
+    if min(args.steps, args.batch_size, args.pipeline_ids) < 1 or min(args.warmup, args.pipeline_epochs) < 0:
+        parser.error("--steps, --batch-size and --pipeline-ids must be at least 1, --warmup and --pipeline-epochs "
+                     "at least 0")
     device = torch.device(args.device)
     variants = args.variants or (list(VARIANTS) if device.type == "cuda" else ["fp32"])
     if device.type == "cuda":
@@ -192,14 +244,15 @@ def main(argv=None):
         if len(items) < args.batch_size:
             parser.error(f"--pipeline-ids {args.pipeline_ids} gives {len(items)} images, fewer than a batch")
         runs = time_training(variants, args, device)
-        by_variant = {name: training_figures(by_model, args, device) for name, by_model in runs.items()}
+        by_variant = {name: training_figures(by_model, VARIANTS[name], args, device)
+                      for name, by_model in runs.items()}
         del runs
         result = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
                   "torch": torch.__version__, "threads": torch.get_num_threads(), "arch": args.arch,
                   "height": args.height, "width": args.width, "batch_size": args.batch_size, "steps": args.steps,
                   "warmup": args.warmup, "variant": variants[0], **by_variant[variants[0]], "variants": by_variant,
                   "training_peak_rss_mib": peak_rss_mib()}
-        result.update(time_pipeline(items, args))
+        result.update(time_pipeline(items, args, device))
     result["peak_rss_mib"] = peak_rss_mib()
     print(json.dumps(result))
 

@@ -81,6 +81,17 @@ def broadcast_buffers(module):
             dist.broadcast(buffer, src=0)
 
 
+def mean_over_processes(values, device):
+    """The mean over the processes of each number in ``values`` (a list), on every process; the list itself
+    when not distributed. Used for the logged epoch loss and accuracy, which each process measures on its
+    own batches."""
+    if not is_distributed():
+        return list(values)
+    total = torch.tensor(values, dtype=torch.float64, device=device)
+    dist.all_reduce(total)
+    return (total / dist.get_world_size()).tolist()
+
+
 def gather_rows(tensor, total_rows):
     """All-gather a (n_rank, D) tensor whose rows are this rank's share ``rank::world_size`` of a
     (total_rows, D) tensor, and return the full tensor in the original row order on every rank.

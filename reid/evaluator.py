@@ -24,9 +24,7 @@ def extract_features(model, items, args, device, autocast_dtype=None, show_progr
     chunks = []
     for images, _, _, _ in tqdm(loader, desc="features", leave=False, disable=not show_progress,
                                 dynamic_ncols=True):
-        images = images.to(device, non_blocking=True)
-        if args.channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
+        images = data.to_model_input(images, device, args.channels_last)
         with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
             features = model(images).float()
             if args.flip_test:

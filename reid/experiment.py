@@ -248,6 +248,8 @@ def _run(args, rank, world_size, device):
                 raise _interrupted(stop, f"during epoch {epoch + 1} after step {stats['stopped_at_step']}",
                                    checkpoint_path)
             start_step, partial = 0, None
+            stats["loss"], stats["accuracy"] = distributed.mean_over_processes([stats["loss"], stats["accuracy"]],
+                                                                               device)
             scheduler.step()
             row = {"epoch": epoch + 1, "loss": stats["loss"], "accuracy": stats["accuracy"],
                    "lr": optimizer.param_groups[1]["lr"], "seconds": stats["seconds"],

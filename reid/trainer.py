@@ -6,7 +6,7 @@ import time
 import torch
 from tqdm import tqdm
 
-from . import distributed
+from . import data, distributed
 from .errors import UsageError
 from .losses import part_accuracy
 
@@ -107,10 +107,8 @@ def train_one_epoch(model, criterion, optimizer, loader, device, epoch, args, sc
     progress = tqdm(loader, total=total_steps, initial=start_step, desc=f"epoch {epoch + 1}", leave=False,
                     disable=not show_progress, dynamic_ncols=True)
     for step, (images, targets, _, _) in enumerate(progress, start=start_step):
-        images = images.to(device, non_blocking=True)
+        images = data.to_model_input(images, device, args.channels_last)
         targets = targets.to(device, non_blocking=True)
-        if args.channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
         with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
             logits = model(images)
         loss = criterion(logits, targets)

@@ -141,7 +141,7 @@ def save_feature_map(path, feature_map):
 def prepare_image(image, height, width):
     """(3, H, W) uint8 -> (the resized image as (height, width, 3) uint8, the normalised (1, 3, h, w) batch)."""
     resized = TF.resize(image, [height, width], antialias=True)
-    batch = data.build_transform(height, width, train=False)(resized).unsqueeze(0)
+    batch = data.to_model_input(resized.unsqueeze(0), "cpu")
     return resized.permute(1, 2, 0).numpy(), batch
 
 

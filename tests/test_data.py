@@ -31,13 +31,26 @@ def test_unreadable_images_name_the_file(tmp_path, content):
         data.read_image(str(path))
 
 
-def test_transforms_resize_to_portrait_and_normalise():
+def test_transforms_resize_to_portrait_and_the_model_input_is_normalised():
     image = torch.full((3, 40, 20), 255, dtype=torch.uint8)
     train = data.build_transform(64, 32, train=True, random_erasing=0.5)(image)
     test = data.build_transform(64, 32, train=False)(image)
-    assert train.shape == test.shape == (3, 64, 32)
+    assert train.shape == test.shape == (3, 64, 32) and train.dtype == test.dtype == torch.uint8
+    batch = data.to_model_input(torch.stack([test, test]), torch.device("cpu"), channels_last=True)
+    assert batch.dtype == torch.float32 and batch.is_contiguous(memory_format=torch.channels_last)
     expected = (1 - torch.tensor(data.IMAGENET_MEAN)) / torch.tensor(data.IMAGENET_STD)
-    assert torch.allclose(test[:, 0, 0], expected, atol=1e-4)
+    assert torch.allclose(batch[1, :, 0, 0], expected, atol=1e-4)
+
+
+def test_random_erasing_paints_the_mean_colour_which_normalises_to_about_zero():
+    torch.manual_seed(0)
+    image = torch.full((3, 64, 32), 255, dtype=torch.uint8)
+    erased = data.build_transform(64, 32, train=True, random_erasing=1.0)(image)
+    painted = erased != 255
+    assert painted.any()
+    assert all(set(erased[channel][painted[channel]].unique().tolist()) == {data.MEAN_PIXEL[channel]}
+               for channel in range(3))
+    assert data.to_model_input(erased[None], torch.device("cpu"))[0][painted].abs().max() < 0.01
 
 
 def indices(sampler):

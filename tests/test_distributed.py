@@ -105,13 +105,14 @@ def _gather_in_two_processes(rank, init_file, out_dir):
         norm = torch.nn.BatchNorm1d(3)
         norm.running_mean.fill_(float(rank))
         distributed.broadcast_buffers(norm)
-        torch.save({"rows": rows, "one_row": one_row, "running_mean": norm.running_mean},
+        means = distributed.mean_over_processes([1.0 + rank, 10.0 * rank], torch.device("cpu"))
+        torch.save({"rows": rows, "one_row": one_row, "running_mean": norm.running_mean, "means": means},
                    os.path.join(out_dir, f"{rank}.pt"))
     finally:
         dist.destroy_process_group()
 
 
-def test_gather_rows_restores_the_order_and_buffers_follow_rank_0(tmp_path):
+def test_gather_rows_restores_the_order_buffers_follow_rank_0_and_means_are_shared(tmp_path):
     mp.spawn(_gather_in_two_processes, args=(str(tmp_path / "init"), str(tmp_path)), nprocs=2)
     full = torch.arange(7 * 3, dtype=torch.float32).view(7, 3)
     for rank in (0, 1):
@@ -119,6 +120,7 @@ def test_gather_rows_restores_the_order_and_buffers_follow_rank_0(tmp_path):
         assert torch.equal(result["rows"], full)
         assert torch.equal(result["one_row"], full[:1]), "a rank with no rows takes the width from the others"
         assert torch.equal(result["running_mean"], torch.zeros(3))
+        assert result["means"] == [1.5, 5.0], "the logged loss and accuracy are the mean over the processes"
 
 
 def test_interleave_undoes_the_strided_split():

@@ -1,4 +1,5 @@
 import itertools
+import shutil
 
 import pytest
 import torch
@@ -102,20 +103,74 @@ def test_dsa_matches_the_formulas():
     assert torch.allclose(block.gate(x), g_c * g_s, atol=1e-6)
 
 
-def test_dsa_gradients_are_those_of_the_formulas():
-    """``forward`` rearranges the formulas to save memory; in float64 its gradients equal theirs, also for a
-    post-ReLU input with a dead channel and an all-zero position."""
+@pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last])
+def test_dsa_gradients_are_those_of_the_formulas(memory_format):
+    """``forward`` has a hand-written backward pass; in float64 its gradients equal autograd's through the
+    formulas, also for a post-ReLU input with a dead channel and an all-zero position."""
     block = random_dsa(6, seed=2).double()
     x = torch.randn(3, 6, 7, 5, dtype=torch.float64).relu()
     x[:, 0] = 0
     x[:, :, 0, 0] = 0
-    x.requires_grad_(True)
+    x = x.contiguous(memory_format=memory_format).requires_grad_(True)
     weights = torch.randn_like(x)
     inputs = [x, *block.parameters()]
     got = torch.autograd.grad((block(x) * weights).sum(), inputs)
     expected = torch.autograd.grad((reference_dsa(block, x)[0] * weights).sum(), inputs)
     for name, a, b in zip(["x", *dict(block.named_parameters())], got, expected):
         assert torch.allclose(a, b, rtol=1e-9, atol=1e-12), name
+
+
+def test_dsa_follows_the_input_dtype_and_layout_under_autocast():
+    """A bfloat16 channels_last map, as ``--amp --channels-last`` gives, keeps its dtype and layout through
+    the block and its backward pass; the gate parameters' gradients stay float32 and close to float32's."""
+    block = random_dsa(8, seed=3)
+    x = torch.randn(2, 8, 6, 4).to(memory_format=torch.channels_last).requires_grad_(True)
+    weights = torch.randn_like(x)
+    (block(x) * weights).sum().backward()
+    expected_x_grad, expected = x.grad, [p.grad.clone() for p in block.parameters()]
+    block.zero_grad()
+    low = x.detach().bfloat16().requires_grad_(True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = block(low)
+    assert y.dtype == torch.bfloat16 and y.is_contiguous(memory_format=torch.channels_last)
+    (y.float() * weights).sum().backward()
+    assert low.grad.dtype == torch.bfloat16 and low.grad.is_contiguous(memory_format=torch.channels_last)
+    assert torch.allclose(y.float(), block(x).detach(), rtol=0.05, atol=0.05)
+    assert torch.allclose(low.grad.float(), expected_x_grad, rtol=0.1, atol=0.1)
+    for parameter, grad in zip(block.parameters(), expected):
+        assert parameter.grad.dtype == torch.float32
+        assert torch.allclose(parameter.grad, grad, rtol=0.1, atol=0.1 * grad.abs().max().item())
+
+
+def test_dsa_keeps_two_full_size_tensors_for_the_backward_pass():
+    """Only the input and the spatial tanh are saved at (B, C, H, W); the rest are per-image statistics."""
+    block = random_dsa(8, seed=4)
+    x = torch.randn(2, 8, 6, 4, requires_grad=True)
+    saved = []
+
+    def pack(tensor):
+        saved.append(tensor.shape)
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        block(x)
+    assert sum(shape == x.shape for shape in saved) == 2
+    assert all(shape.numel() <= max(2 * 8, 2 * 6 * 4) for shape in saved if shape != x.shape)
+
+
+@pytest.mark.skipif(shutil.which("g++") is None, reason="torch.compile on the CPU needs a C++ compiler")
+def test_dsa_compiles_as_one_graph_with_the_same_values():
+    """``--compile`` traces the hand-written backward pass too: no graph break, the same output and gradients."""
+    block = random_dsa(6, seed=5)
+    x = torch.randn(2, 6, 8, 4, requires_grad=True)
+    weights = torch.randn_like(x)
+    inputs = [x, *block.parameters()]
+    expected = torch.autograd.grad((block(x) * weights).sum(), inputs)
+    torch._dynamo.reset()
+    compiled = torch.compile(block, fullgraph=True)
+    got = torch.autograd.grad((compiled(x) * weights).sum(), inputs)
+    for a, b in zip(got, expected):
+        assert torch.allclose(a, b, rtol=1e-4, atol=1e-5)
 
 
 def test_gates_start_at_one():
