@@ -3,7 +3,7 @@ pipeline with and without --cache-images; prints one JSON object.
 
     .venv/bin/python -m benchmarks.train_speed                      # GPU: resnet50, 384x128, batch 64, all variants
     .venv/bin/python -m benchmarks.train_speed --device cpu --batch-size 8 --steps 3 --warmup 1 --workers 2 \
-        --pipeline-ids 16                                           # CPU: about 25 s on 2 idle cores
+        --pipeline-ids 16                                           # CPU: about 30 s on 2 idle cores
 
 "dsp" is the full model; "plain" is the same ResNet with the same PCB head, built with dsa=False and
 deep_supervision=False (the paper's baseline row). A step is one training iteration as in reid.trainer
