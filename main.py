@@ -17,8 +17,10 @@ def get_args_parser():
     data.add_argument("--data-dir", default=None, help="dataset folder (default: data/<dataset>)")
     data.add_argument("-b", "--batch-size", type=int, default=64, help="total batch size over all processes")
     data.add_argument("-j", "--workers", type=int, default=4, help="data-loading worker processes")
-    data.add_argument("--height", type=int, default=384)
-    data.add_argument("--width", type=int, default=128)
+    data.add_argument("--height", type=int, default=None,
+                      help="input height (default: the size the --resume checkpoint was trained at, else 384)")
+    data.add_argument("--width", type=int, default=None,
+                      help="input width (default: the size the --resume checkpoint was trained at, else 128)")
     data.add_argument("--combine-trainval", action="store_true",
                       help="train on every training identity (else --num-val are held out for validation)")
     data.add_argument("--num-val", type=int, default=100, help="identities held out for validation")
@@ -80,7 +82,7 @@ def check_args(args):
                 "--features": args.features, "--parts": args.parts, "--print-freq": args.print_freq,
                 "--eval-freq": args.eval_freq}
     for flag, value in positive.items():
-        if value < 1:
+        if value is not None and value < 1:
             raise UsageError(f"{flag} must be at least 1, got {value}.")
     for flag, value in {"-j/--workers": args.workers, "--epochs": args.epochs, "--step-size": args.step_size,
                         "--num-instances": args.num_instances, "--num-val": args.num_val}.items():
@@ -90,10 +92,10 @@ def check_args(args):
         raise UsageError("--dropout must be in [0, 1) and --random-erasing in [0, 1].")
     if args.lr <= 0:
         raise UsageError(f"--lr must be positive, got {args.lr}.")
-    if args.height // 16 < args.parts:
+    if args.height is not None and args.height // 16 < args.parts:
         raise UsageError(f"--height {args.height} is too small for --parts {args.parts}: layer4 is 1/16 of the "
                          f"input height, so it needs at least {16 * args.parts} pixels for one row per stripe.")
-    if args.width < 16:
+    if args.width is not None and args.width < 16:
         raise UsageError(f"--width {args.width} is too small: the network needs at least 16 pixels.")
     if args.evaluate and not args.resume:
         raise UsageError("--evaluate needs --resume CHECKPOINT (the model to evaluate).")

@@ -12,7 +12,7 @@ import argparse
 import os
 import sys
 
-from reid import visualize
+from reid import data, visualize
 from reid.errors import UsageError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".npy")
@@ -50,7 +50,7 @@ def run(args):
     visualize.check_cam_layer(args.layer)
     paths = image_paths(args.image)
     model, trained_size = visualize.load_trained_model(args.checkpoint)
-    height, width = visualize.input_size(args.height, args.width, [trained_size])
+    height, width = data.input_size(args.height, args.width, [trained_size])
     visualize.output_folder(args.out)
     gate_names = [layer for layer in visualize.available_layers(model) if layer.startswith("dsa")]
     for path in paths:

@@ -16,7 +16,7 @@ import argparse
 import os
 import sys
 
-from reid import visualize
+from reid import data, visualize
 from reid.errors import UsageError
 
 
@@ -102,7 +102,7 @@ def extract(args):
         named_models, sizes = [(baseline_name, baseline)], [baseline_size]
     for name, model in named_models:
         visualize.check_layers(args.layers, model, name)
-    height, width = visualize.input_size(args.height, args.width, sizes)
+    height, width = data.input_size(args.height, args.width, sizes)
     if None in (args.height, args.width) and len({size for size in sizes if size is not None}) > 1:
         print(f"note: the two checkpoints were trained at different sizes; both get {height}x{width} "
               f"(--height/--width).", file=sys.stderr)

@@ -9,6 +9,15 @@ import torch
 from .errors import UsageError
 
 
+def trained_input_size(state):
+    """The (height, width) a training checkpoint was trained at, from the run's saved arguments; None when the
+    checkpoint does not record it."""
+    try:
+        return int(state["args"]["height"]), int(state["args"]["width"])
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
 def save(state, path):
     """Write ``state`` to ``path`` so that a crash at any moment leaves either the old or the new file.
 

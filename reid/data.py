@@ -11,6 +11,7 @@ from .errors import UsageError
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 MEAN_PIXEL = tuple(round(255 * mean) for mean in IMAGENET_MEAN)
+DEFAULT_INPUT_SIZE = (384, 128)
 # torchvision's decoding errors start with the C++ function and source line ("decode_jpeg, /path/x.cpp:171, ").
 _SOURCE_LOCATION = re.compile(r"^.*\.cpp:\d+,\s*", re.DOTALL)
 
@@ -23,6 +24,18 @@ def read_image(path):
         reason = _SOURCE_LOCATION.split(str(error))[-1].strip().rstrip(".") or type(error).__name__
         raise UsageError(f"Cannot read the image {path}: {reason}. Expected a JPEG or PNG file; remove or "
                          f"replace it.") from None
+
+
+def input_size(height, width, trained_sizes):
+    """The input (height, width): ``height``/``width`` where given (not None), else the first known training size
+    in ``trained_sizes``, else 384x128."""
+    known = [size for size in trained_sizes if size is not None]
+    fallback = known[0] if known else DEFAULT_INPUT_SIZE
+    height = fallback[0] if height is None else height
+    width = fallback[1] if width is None else width
+    if height < 16 or width < 16:
+        raise UsageError(f"--height/--width must be at least 16 pixels, got {height}x{width}.")
+    return height, width
 
 
 def build_transform(height, width, train, random_erasing=0.0):

@@ -172,6 +172,11 @@ def _run(args, rank, world_size, device):
     _seed(args, device)
     dataset = _load_dataset(args, is_main)
     saved = checkpoint.load(args.resume) if args.resume else None
+    trained_size = checkpoint.trained_input_size(saved) if saved is not None else None
+    args.height, args.width = data.input_size(args.height, args.width, [trained_size])
+    if trained_size is not None and (args.height, args.width) != trained_size:
+        print(f"note: input size {args.height}x{args.width} from --height/--width; the checkpoint was trained at "
+              f"{trained_size[0]}x{trained_size[1]}")
     arch, options, num_classes = _model_settings(args, saved, dataset.num_train_ids)
     pretrained = saved is None and (args.pretrained_path is not None or not args.no_pretrained)
     model = models.create(arch, num_classes, pretrained=pretrained,

@@ -19,7 +19,6 @@ from .errors import UsageError  # noqa: E402
 
 LAYERS = ("layer1", "layer2", "layer3", "layer4", "dsa1", "dsa2", "dsa3")
 CAM_LAYERS = ("layer1", "layer2", "layer3", "layer4")
-DEFAULT_SIZE = (384, 128)
 DPI = 100
 
 
@@ -153,23 +152,7 @@ def load_trained_model(path):
     The size comes from the run's arguments saved in the checkpoint; it is None when they are not there.
     """
     state = checkpoint.load(path)
-    model = models.from_checkpoint(state, path).eval()
-    try:
-        size = int(state["args"]["height"]), int(state["args"]["width"])
-    except (KeyError, TypeError, ValueError):
-        size = None
-    return model, size
-
-
-def input_size(height, width, trained_sizes):
-    """The input (height, width): the flags where given, else the first known training size, else 384x128."""
-    known = [size for size in trained_sizes if size is not None]
-    fallback = known[0] if known else DEFAULT_SIZE
-    height = fallback[0] if height is None else height
-    width = fallback[1] if width is None else width
-    if height < 16 or width < 16:
-        raise UsageError(f"--height/--width must be at least 16 pixels, got {height}x{width}.")
-    return height, width
+    return models.from_checkpoint(state, path).eval(), checkpoint.trained_input_size(state)
 
 
 def baseline_model(arch):

@@ -157,3 +157,12 @@ def test_a_seeded_item_is_augmented_the_same_whatever_the_global_random_state(ti
         assert torch.equal(images[(0, 123)][0], reference)
         flips.add(images[(0, global_seed)][0].sum().item())
     assert len(flips) > 1, "other seeds give other augmentations"
+
+
+def test_input_size_prefers_the_flags_then_the_checkpoint_then_384x128():
+    assert data.input_size(None, None, [None]) == (384, 128)
+    assert data.input_size(None, None, [None, (128, 64), (256, 128)]) == (128, 64)
+    assert data.input_size(96, None, [(128, 64)]) == (96, 64)
+    assert data.input_size(96, 48, [(128, 64)]) == (96, 48)
+    with pytest.raises(UsageError, match="at least 16 pixels, got 8x64"):
+        data.input_size(8, None, [(128, 64)])

@@ -58,15 +58,34 @@ def test_checkpoint_is_plain_and_complete(trained):
     assert saved["model_options"]["num_classes"] > 0
 
 
-def test_evaluate_only_reproduces_the_final_metrics(trained, tiny_synthetic, tmp_path, capsys):
-    code = main.main(tiny_args(tiny_synthetic, tmp_path, "--evaluate", "--resume",
-                               str(trained / "checkpoint.pth.tar")))
+def without_input_size(argv):
+    at = argv.index("--height")
+    assert argv[at + 2] == "--width"
+    return argv[:at] + argv[at + 4:]
+
+
+def test_evaluate_only_reproduces_the_final_metrics_at_the_trained_input_size(trained, tiny_synthetic, tmp_path,
+                                                                             capsys):
+    """Without --height/--width the checkpoint's training size (96x32 here, not 384x128) is used."""
+    code = main.main(without_input_size(tiny_args(tiny_synthetic, tmp_path, "--evaluate", "--resume",
+                                                  str(trained / "checkpoint.pth.tar"))))
     assert code == 0
     again = json.loads((tmp_path / "results.json").read_text())
     before = json.loads((trained / "results.json").read_text())
     assert again["mAP"] == pytest.approx(before["mAP"], abs=1e-6)
     assert again["epochs"] == 3
+    assert (again["args"]["height"], again["args"]["width"]) == (96, 32)
+    assert "note: input size" not in capsys.readouterr().out
     assert not (tmp_path / "checkpoint.pth.tar").exists()
+
+
+def test_an_input_size_other_than_the_trained_one_is_noted(trained, tiny_synthetic, tmp_path, capsys):
+    argv = without_input_size(tiny_args(tiny_synthetic, tmp_path, "--evaluate", "--resume",
+                                        str(trained / "checkpoint.pth.tar")))
+    assert main.main([*argv, "--height", "128"]) == 0
+    assert "note: input size 128x32 from --height/--width; the checkpoint was trained at 96x32" in \
+        capsys.readouterr().out
+    assert json.loads((tmp_path / "results.json").read_text())["args"]["height"] == 128
 
 
 def test_resume_is_exact(trained, tiny_synthetic, tmp_path):

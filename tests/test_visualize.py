@@ -212,15 +212,6 @@ def test_the_correlation_figure_is_titled_with_the_avg_corr_line(monkeypatch):
         "Avg.Corr : 1.000", visualize.correlation_title(mixed)]
 
 
-def test_input_size_prefers_the_flags_then_the_checkpoint_then_384x128():
-    assert visualize.input_size(None, None, [None]) == (384, 128)
-    assert visualize.input_size(None, None, [None, (128, 64), (256, 128)]) == (128, 64)
-    assert visualize.input_size(96, None, [(128, 64)]) == (96, 64)
-    assert visualize.input_size(96, 48, [(128, 64)]) == (96, 48)
-    with pytest.raises(UsageError, match="at least 16 pixels, got 8x64"):
-        visualize.input_size(8, None, [(128, 64)])
-
-
 def test_the_untrained_baseline_is_the_same_on_every_call_and_leaves_the_global_seed_alone(monkeypatch, tmp_path):
     monkeypatch.setattr(models, "imagenet_weights_path", lambda arch: str(tmp_path / "absent.pth"))
     torch.manual_seed(123)
