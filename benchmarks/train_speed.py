@@ -16,9 +16,9 @@ on a shared CPU. The top-level figures are those of the first variant (fp32 unle
 "variants" holds them all.
 
 On CUDA every variant is measured: fp32, amp (as main.py's --amp: bf16 autocast, or fp16 with a gradient
-scaler on GPUs older than Ampere), amp + channels_last, and amp + channels_last + torch.compile; peak_mib is then the CUDA memory a
-step of that model needs (its own tensors plus the step's peak, timed steps only). A variant that fails
-reports its error instead of figures. On CPU only fp32, and the memory figures are the process's peak RSS.
+scaler on GPUs older than Ampere), amp + channels_last, and amp + channels_last + torch.compile; peak_mib is then
+the CUDA memory a step of that model needs (its own tensors plus the step's peak, timed steps only). A variant
+that fails reports its error instead of figures. On CPU only fp32, and the memory figures are the process's peak RSS.
 
 The pipeline figures time reid.data.train_loader (the training loader of main.py: decoding, resizing, flips and
 batching as uint8 in the workers; pinned memory on CUDA) over a generated synthetic dataset of 128x64 JPEG images,
@@ -46,6 +46,10 @@ VARIANTS = {"fp32": dict(amp=False, channels_last=False, compile=False),
             "amp_channels_last": dict(amp=True, channels_last=True, compile=False),
             "amp_channels_last_compile": dict(amp=True, channels_last=True, compile=True)}
 MODELS = {"dsp": dict(dsa=True, deep_supervision=True), "plain": dict(dsa=False, deep_supervision=False)}
+
+
+def describe(error):
+    return f"{type(error).__name__}: {str(error).strip()[:300]}"
 
 
 def synchronize(device):
@@ -115,7 +119,7 @@ def time_training(variant_names, args, device):
                 try:
                     run.timed_step(record=index >= args.warmup)
                 except Exception as error:
-                    run.error = f"{type(error).__name__}: {str(error).strip()[:300]}"
+                    run.error = describe(error)
     return runs
 
 
@@ -152,9 +156,13 @@ def training_figures(by_model, variant, args, device):
     figures = {f"{model}_images_per_second": round(args.batch_size / seconds[model], 2) for model in MODELS}
     figures.update({f"{model}_step_seconds": round(seconds[model], 4) for model in MODELS})
     figures["step_time_ratio"] = round(seconds["dsp"] / seconds["plain"], 3)
-    dsa_seconds = time_dsa_blocks(by_model["dsp"], variant, args)
-    figures["dsa_seconds"] = round(dsa_seconds, 4)
-    figures["dsa_share_of_dsp_step"] = round(dsa_seconds / seconds["dsp"], 3)
+    try:
+        dsa_seconds = time_dsa_blocks(by_model["dsp"], variant, args)
+    except Exception as error:
+        figures["dsa_error"] = describe(error)
+    else:
+        figures["dsa_seconds"] = round(dsa_seconds, 4)
+        figures["dsa_share_of_dsp_step"] = round(dsa_seconds / seconds["dsp"], 3)
     if device.type == "cuda":
         figures.update({f"{model}_peak_mib": round(run.peak_bytes / 2**20) for model, run in by_model.items()})
     return figures

@@ -37,3 +37,15 @@ def test_a_failing_run_reports_its_error_and_the_rest_goes_on(capsys, monkeypatc
     assert result["variants"]["fp32"] == {"dsp_error": "RuntimeError: compiled backward failed",
                                           "plain_error": "RuntimeError: compiled backward failed"}
     assert result["pipeline_images_per_second"] > 0
+
+
+def test_a_failing_dsa_timing_reports_its_error_and_keeps_the_step_figures(capsys, monkeypatch):
+    def broken_timing(run, variant, args):
+        raise RuntimeError("compiled block failed")
+
+    monkeypatch.setattr(train_speed, "time_dsa_blocks", broken_timing)
+    train_speed.main(["-a", "resnet18", "--height", "64", "--width", "32", "-b", "4", "--steps", "1", "--warmup", "0",
+                      "--device", "cpu", "--workers", "0", "--pipeline-ids", "2", "--pipeline-epochs", "0"])
+    figures = json.loads(capsys.readouterr().out)["variants"]["fp32"]
+    assert figures["dsa_error"] == "RuntimeError: compiled block failed"
+    assert figures["step_time_ratio"] > 0 and "dsa_seconds" not in figures

@@ -54,11 +54,11 @@ class DSA(nn.Module):
 class FusedDSA(torch.autograd.Function):
     """The DSA block as one autograd node: ``y = x * (1 + g_c + g_c * t)`` with ``t = g_s - 1``.
 
-    Autograd over the formulas costs a fifth of a ResNet-50 training step on a GPU: under autocast the
-    square, sums and gates run in float32 at full (B, C, H, W) size, and the spatial gate, built from
-    broadcast operands only, comes out contiguous while a channels_last input does not, so every later
-    element-wise op mixes layouts. Here every full-size tensor takes the input's dtype and memory
-    format, the per-image statistics (one value per channel or per position) are computed in float32 or
+    Written as autograd over the formulas, the block made the DSP step 1.19-1.46x the plain network's on an
+    H100: under autocast the float32 gate parameters promote the full-size (B, C, H, W) tensors to float32,
+    and the spatial gate, built from broadcast operands only, comes out contiguous for a channels_last
+    input, so every later element-wise op mixes layouts. Here every full-size tensor takes the input's
+    dtype and memory format, the per-image statistics (one value per channel or per position) are computed in float32 or
     wider and rounded to the input's dtype only where they meet a full-size tensor, and the backward pass
     keeps just ``x`` and ``t`` at full size.
 
@@ -122,7 +122,8 @@ class FusedDSA(torch.autograd.Function):
         grad_logit = grad_channel_gate * (1 - channel_tanh.square())
         grad_beta_c = grad_logit.sum(0, keepdim=True)
         grad_gamma_c = (grad_logit * channel_embedding / channel_scale).sum(0, keepdim=True)
-        grad_channel_scale = -(grad_logit * channel_embedding * gamma_c).sum(dim=1, keepdim=True) / channel_scale.square()
+        grad_channel_scale = (-(grad_logit * channel_embedding * gamma_c).sum(dim=1, keepdim=True)
+                              / channel_scale.square())
         grad_embedding = (grad_logit * gamma_c / channel_scale
                           + grad_channel_scale * channel_embedding / (channel_scale * channels))
         grad_alpha_c = (grad_embedding * channel_root).sum(0, keepdim=True)
