@@ -14,16 +14,19 @@ DEMO_ARGS ?= -d synthetic --data-dir $(DEMO_DATA) -a resnet18 --no-pretrained --
 
 venv: $(INSTALLED)
 
-$(INSTALLED): requirements.txt
+$(INSTALLED): requirements.txt requirements-test.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -r requirements.txt
+	$(PY) -m pip install -r requirements.txt -r requirements-test.txt
 	touch $@
 
 test: $(INSTALLED)
 	$(PY) -m pytest -q
 
+# A second `make demo` continues the first run (a finished one is evaluated again) instead of replacing it.
+DEMO_RESUME = $(if $(wildcard $(DEMO_LOGS)/checkpoint.pth.tar),--resume $(DEMO_LOGS)/checkpoint.pth.tar)
+
 demo: $(INSTALLED)
-	$(PY) main.py $(DEMO_ARGS) --logs-dir $(DEMO_LOGS)
+	$(PY) main.py $(DEMO_ARGS) --logs-dir $(DEMO_LOGS) $(DEMO_RESUME)
 
 # sample_features/: the feature tools' outputs for the demo model on two synthetic query images (listed in its
 # README.md). The demo is trained first when its model_best.pth.tar is missing. The --compare baseline is the
@@ -50,7 +53,7 @@ sample-features: $(DEMO_BEST) | $(INSTALLED)
 	$(PY) single_features_cam.py --checkpoint $(DEMO_BEST) --image $(SAMPLE_QUERY)/$(SAMPLE_COMPARE_IMAGE).jpg \
 		--dpi $(SAMPLE_DPI) --out $(SAMPLE_DIR)
 	rm -rf $(SAMPLE_EVAL)/visrank
-	$(PY) main.py $(DEMO_ARGS) --evaluate --resume $(DEMO_BEST) --visrank 5 --logs-dir $(SAMPLE_EVAL)
+	$(PY) main.py $(DEMO_ARGS) --evaluate --resume $(DEMO_BEST) --visrank 5 --logs-dir $(SAMPLE_EVAL) --overwrite
 	for figure in $$(ls $(SAMPLE_EVAL)/visrank/*.png | head -n 2); do \
 		cp $$figure $(SAMPLE_DIR)/ranklist_$$(basename $$figure) || exit 1; done
 	cp $(DEMO_LOGS)/curves.png $(SAMPLE_DIR)/demo_curves.png

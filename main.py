@@ -4,9 +4,14 @@
         --data-dir Market-1501
 """
 import argparse
+import math
+import os
 import sys
 
-from reid import datasets, models
+import torch
+
+from reid import datasets, models, recipes
+from reid.config import DataConfig, DeviceConfig, EvalConfig, ModelConfig, RunConfig, TrainConfig
 from reid.errors import RunInterrupted, UsageError
 
 
@@ -29,6 +34,12 @@ def get_args_parser():
     data.add_argument("--random-erasing", type=float, default=0.0, help="probability of random erasing")
     data.add_argument("--cache-images", action="store_true",
                       help="decode every image once and keep it in memory (no JPEG decoding after that)")
+    data.add_argument("--cuhk03", choices=("labeled", "detected"), default="labeled",
+                      help="which CUHK03-NP boxes -d cuhk03-np uses")
+    data.add_argument("--name-pattern", default=None, metavar="REGEX",
+                      help="-d custom: a regular expression with named groups pid and camid that file names match")
+    data.add_argument("--test-dataset", action="append", default=[], metavar="NAME[:DIR]",
+                      help="also evaluate the final model on this dataset (repeatable); DIR defaults to data/NAME")
 
     model = parser.add_argument_group("model")
     model.add_argument("-a", "--arch", default="resnet50", help=f"one of {', '.join(models.names())}")
@@ -50,6 +61,19 @@ def get_args_parser():
     optim.add_argument("--step-size", type=int, default=40, help="lr x0.1 every N epochs")
     optim.add_argument("--part-weight", type=float, default=1.0, help="loss weight of P1..Pn")
     optim.add_argument("--ds-weight", type=float, default=1.0, help="loss weight of L1..L3")
+    optim.add_argument("--recipe", choices=recipes.RECIPES, default="paper",
+                       help="preset of the flags below: the paper's training, or the strong (BoT) baseline's")
+    optim.add_argument("--optimizer", choices=("sgd", "adam"), default="sgd")
+    optim.add_argument("--lr-schedule", choices=("step", "cosine"), default="step")
+    optim.add_argument("--milestones", type=int, nargs="+", default=[], metavar="EPOCH",
+                       help="lr x0.1 at these epochs (instead of every --step-size)")
+    optim.add_argument("--warmup-epochs", type=int, default=0, help="linear lr warm-up, per step")
+    optim.add_argument("--label-smoothing", type=float, default=0.0, metavar="EPS")
+    optim.add_argument("--triplet-weight", type=float, default=0.0, metavar="W",
+                       help="batch-hard triplet loss on the retrieval feature (needs --num-instances)")
+    optim.add_argument("--margin", type=float, default=0.3, help="triplet margin (0: soft margin)")
+    optim.add_argument("--bnneck", action=argparse.BooleanOptionalAction, default=False,
+                       help="BNNeck on the part and global heads")
     optim.add_argument("--seed", type=int, default=1)
     optim.add_argument("--deterministic", action="store_true", help="reproducible runs (slower)")
 
@@ -68,12 +92,21 @@ def get_args_parser():
     evaluation.add_argument("--flip-test", action="store_true", help="average features with mirrored images")
     evaluation.add_argument("--visrank", type=int, default=0, metavar="K",
                             help="save rank-list figures with the top K gallery matches")
+    evaluation.add_argument("--eval-dtype", choices=("float32", "float16"), default="float32",
+                            help="keep the extracted features in this precision (float16 halves their memory)")
 
     logging = parser.add_argument_group("logging")
     logging.add_argument("--resume", default=None, metavar="PATH", help="checkpoint to resume or evaluate")
     logging.add_argument("--print-freq", type=int, default=10, help="progress-bar update every N steps")
-    logging.add_argument("--logs-dir", "--log", dest="logs_dir", default="logs", metavar="PATH")
+    logging.add_argument("--logs-dir", "--log", dest="logs_dir", default="logs", metavar="PATH",
+                         help="run folder (under torchrun write --logs-dir: torchrun takes --log for its own)")
+    logging.add_argument("--overwrite", action="store_true",
+                         help="start a new run in a --logs-dir that holds an earlier run, replacing its files")
     return parser
+
+
+MAX_SIDE = 4096
+MAX_SEED = 2**32
 
 
 def check_args(args):
@@ -85,32 +118,116 @@ def check_args(args):
         if value is not None and value < 1:
             raise UsageError(f"{flag} must be at least 1, got {value}.")
     for flag, value in {"-j/--workers": args.workers, "--epochs": args.epochs, "--step-size": args.step_size,
-                        "--num-instances": args.num_instances, "--num-val": args.num_val}.items():
+                        "--num-instances": args.num_instances, "--num-val": args.num_val,
+                        "--visrank": args.visrank}.items():
         if value < 0:
             raise UsageError(f"{flag} must be 0 or more, got {value}.")
-    if not 0 <= args.dropout < 1 or not 0 <= args.random_erasing <= 1:
-        raise UsageError("--dropout must be in [0, 1) and --random-erasing in [0, 1].")
-    if args.lr <= 0:
-        raise UsageError(f"--lr must be positive, got {args.lr}.")
+    if args.batch_size < 2 and not args.evaluate:
+        raise UsageError(f"-b/--batch-size must be at least 2 for training (batch norm needs two images per "
+                         f"batch), got {args.batch_size}.")
+    _check_numbers(args)
     if args.height is not None and args.height // 16 < args.parts:
         raise UsageError(f"--height {args.height} is too small for --parts {args.parts}: layer4 is 1/16 of the "
                          f"input height, so it needs at least {16 * args.parts} pixels for one row per stripe.")
     if args.width is not None and args.width < 16:
         raise UsageError(f"--width {args.width} is too small: the network needs at least 16 pixels.")
+    for flag, value in (("--height", args.height), ("--width", args.width)):
+        if value is not None and value > MAX_SIDE:
+            raise UsageError(f"{flag} {value} is larger than {MAX_SIDE} pixels; person crops are resized to a "
+                             f"few hundred pixels (the paper uses 384x128).")
     if args.evaluate and not args.resume:
         raise UsageError("--evaluate needs --resume CHECKPOINT (the model to evaluate).")
     if args.arch not in models.names():
         raise UsageError(f"Unknown architecture {args.arch!r} (-a/--arch); choose one of: "
                          f"{', '.join(models.names())}.")
-    datasets.canonical_name(args.dataset)
+    _check_device(args.device)
+    names = [datasets.canonical_name(args.dataset)]
+    names += [datasets.parse_test_dataset(spec)[0] for spec in args.test_dataset]
+    if args.name_pattern is not None and "custom" not in names:
+        raise UsageError("--name-pattern reads the file names of -d custom (or a custom --test-dataset); the other "
+                         "datasets have their own naming schemes.")
+
+
+def _check_numbers(args):
+    """Learning rate, momentum, weight decay, loss weights, dropout and seed in their ranges (and finite)."""
+    finite = {"--lr": args.lr, "--momentum": args.momentum, "--weight-decay": args.weight_decay,
+              "--part-weight": args.part_weight, "--ds-weight": args.ds_weight}
+    for flag, value in finite.items():
+        if not math.isfinite(value) or value < 0:
+            raise UsageError(f"{flag} must be a finite number, 0 or more, got {value}.")
+    if args.lr <= 0:
+        raise UsageError(f"--lr must be positive, got {args.lr}.")
+    if not 0 <= args.dropout < 1 or not 0 <= args.random_erasing <= 1:
+        raise UsageError("--dropout must be in [0, 1) and --random-erasing in [0, 1].")
+    if not 0 <= args.seed < MAX_SEED:
+        raise UsageError(f"--seed must be in [0, 2**32), got {args.seed}.")
+
+
+def _check_device(name):
+    """--device names a device type PyTorch knows, and CUDA only where there is a CUDA GPU."""
+    if name is None:
+        return
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UsageError(f"Unknown --device {name!r}; use cpu, cuda or cuda:N (or leave it out: CUDA when there "
+                         f"is a GPU, else the CPU).") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UsageError(f"--device {name}: this machine has no CUDA GPU that PyTorch can use; run on the CPU "
+                         f"with --device cpu (or leave --device out).")
+
+
+def run_config(args, argv):
+    """The ``RunConfig`` of parsed flags (``argv``: the command line, recorded in the log)."""
+    dataset = datasets.canonical_name(args.dataset)
+    size = dict(height=args.height, width=args.width)
+    return RunConfig(
+        data=DataConfig(dataset=args.dataset, root=args.data_dir or os.path.join("data", dataset),
+                        batch_size=args.batch_size, workers=args.workers, **size,
+                        combine_trainval=args.combine_trainval, num_val=args.num_val,
+                        num_instances=args.num_instances, random_erasing=args.random_erasing,
+                        cache_images=args.cache_images, seed=args.seed, cuhk03=args.cuhk03,
+                        name_pattern=args.name_pattern),
+        model=ModelConfig(arch=args.arch, num_classes=0, num_features=args.features, dropout=args.dropout,
+                          dsa=not args.no_dsa, deep_supervision=not args.no_deep_supervision, parts=args.parts,
+                          feature=args.feature, bnneck=args.bnneck),
+        train=TrainConfig(lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay, epochs=args.epochs,
+                          step_size=args.step_size, part_weight=args.part_weight, ds_weight=args.ds_weight,
+                          seed=args.seed, deterministic=args.deterministic, print_freq=args.print_freq,
+                          eval_freq=args.eval_freq, milestones=args.milestones, optimizer=args.optimizer,
+                          lr_schedule=args.lr_schedule, warmup_epochs=args.warmup_epochs,
+                          label_smoothing=args.label_smoothing, triplet_weight=args.triplet_weight,
+                          margin=args.margin),
+        eval=EvalConfig(batch_size=args.batch_size, workers=args.workers, **size, metric=args.metric,
+                        rerank=args.rerank, flip_test=args.flip_test, visrank=args.visrank,
+                        eval_dtype=args.eval_dtype),
+        device=DeviceConfig(device=args.device, amp=args.amp, channels_last=args.channels_last,
+                            compile=args.compile, sync_bn=args.sync_bn),
+        pretrained=not args.no_pretrained, pretrained_path=args.pretrained_path, resume=args.resume,
+        evaluate=args.evaluate, logs_dir=args.logs_dir, overwrite=args.overwrite,
+        test_datasets=[list(datasets.parse_test_dataset(spec)) for spec in args.test_dataset], command=list(argv))
+
+
+def explicit_dests(arguments):
+    """The argparse destinations given on the command line (parsed again with every default suppressed)."""
+    parser = get_args_parser()
+    for action in parser._actions:
+        action.default = argparse.SUPPRESS
+    return set(vars(parser.parse_args(arguments)))
 
 
 def main(argv=None):
-    args = get_args_parser().parse_args(argv)
+    for stream in (sys.stdout, sys.stderr):
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="backslashreplace")  # paths with bytes that are not UTF-8
+    argv = sys.argv if argv is None else [sys.argv[0], *argv]
+    args = get_args_parser().parse_args(argv[1:])
     try:
         check_args(args)
         from reid import experiment
-        experiment.run(args)
+        config = recipes.apply(args.recipe, run_config(args, argv), explicit_dests(argv[1:]))
+        recipes.validate(config)
+        experiment.run(config)
     except UsageError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

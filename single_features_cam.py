@@ -12,7 +12,7 @@ import argparse
 import os
 import sys
 
-from reid import data, visualize
+from reid import data, figures, images, maps, models
 from reid.errors import UsageError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".npy")
@@ -23,13 +23,13 @@ def get_args_parser():
     parser.add_argument("--checkpoint", metavar="CKPT", required=True, help="training checkpoint")
     parser.add_argument("--image", metavar="PATH", required=True,
                         help="image file, .npy (H x W x 3 or 3 x H x W), or a folder of them")
-    parser.add_argument("--layer", default="layer4", help=f"Grad-CAM layer: {', '.join(visualize.CAM_LAYERS)}")
+    parser.add_argument("--layer", default="layer4", help=f"Grad-CAM layer: {', '.join(maps.CAM_LAYERS)}")
     parser.add_argument("--out", metavar="DIR", default="cams", help="output folder")
     parser.add_argument("--height", type=int, default=None,
                         help="input height (default: the size the checkpoint was trained at, else 384)")
     parser.add_argument("--width", type=int, default=None,
                         help="input width (default: the size the checkpoint was trained at, else 128)")
-    parser.add_argument("--dpi", type=int, default=visualize.DPI, help="resolution of the figures")
+    parser.add_argument("--dpi", type=int, default=figures.DPI, help="resolution of the figures")
     return parser
 
 
@@ -47,20 +47,20 @@ def main(argv=None):
 
 
 def run(args):
-    visualize.check_cam_layer(args.layer)
+    maps.check_cam_layer(args.layer)
     paths = image_paths(args.image)
-    model, trained_size = visualize.load_trained_model(args.checkpoint)
-    height, width = data.input_size(args.height, args.width, [trained_size])
-    visualize.output_folder(args.out)
-    gate_names = [layer for layer in visualize.available_layers(model) if layer.startswith("dsa")]
+    model, saved = models.load_trained_model(args.checkpoint)
+    height, width = data.input_size(args.height, args.width, [saved.input_size])
+    figures.output_folder(args.out)
+    gate_names = [layer for layer in maps.available_layers(model) if layer.startswith("dsa")]
     for path in paths:
-        image, batch = visualize.prepare_image(visualize.load_image(path), height, width)
-        cam, label, probability = visualize.grad_cam(model, batch, args.layer)
-        gates = {name: visualize.activation_map(gate[0])
-                 for name, gate in visualize.extract_feature_maps(model, batch, gate_names).items()}
+        image, batch = maps.prepare_image(images.load_image(path), height, width)
+        cam, label, probability = maps.grad_cam(model, batch, args.layer)
+        gates = {name: maps.activation_map(gate[0])
+                 for name, gate in maps.extract_feature_maps(model, batch, gate_names).items()}
         stem = os.path.splitext(os.path.basename(path))[0]
         figure_path = os.path.join(args.out, f"{stem}_cam.png")
-        visualize.plot_cam(image, cam, gates, figure_path,
+        figures.plot_cam(image, cam, gates, figure_path,
                            f"{stem}\nidentity {label} (p = {probability:.3f}), Grad-CAM on {args.layer}", args.dpi)
         print(f"{path}: predicted identity {label} (training label index), probability {probability:.3f} "
               f"-> {figure_path}")

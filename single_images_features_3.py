@@ -16,7 +16,7 @@ import argparse
 import os
 import sys
 
-from reid import data, visualize
+from reid import data, figures, images, maps, models
 from reid.errors import UsageError
 
 
@@ -34,7 +34,7 @@ def get_args_parser():
                         help="baseline architecture without --checkpoint (default: that of --compare, else "
                              "resnet50)")
     parser.add_argument("--layers", nargs="+", default=["layer1", "layer2"],
-                        help=f"any of {', '.join(visualize.LAYERS)} (dsaK: the DSA gates)")
+                        help=f"any of {', '.join(maps.LAYERS)} (dsaK: the DSA gates)")
     parser.add_argument("--out", metavar="DIR", default=None,
                         help="output folder (default feature_maps); for --to-npy a .npy path or a folder "
                              "(default: next to the image)")
@@ -42,7 +42,7 @@ def get_args_parser():
                         help="input height (default: the size the checkpoint was trained at, else 384)")
     parser.add_argument("--width", type=int, default=None,
                         help="input width (default: the size the checkpoint was trained at, else 128)")
-    parser.add_argument("--dpi", type=int, default=visualize.DPI, help="resolution of the figures")
+    parser.add_argument("--dpi", type=int, default=figures.DPI, help="resolution of the figures")
     return parser
 
 
@@ -73,74 +73,75 @@ def convert(image_path, out):
     elif out.endswith(".npy"):
         path = out
     else:
-        path = os.path.join(visualize.output_folder(out), os.path.basename(stem) + ".npy")
+        path = os.path.join(figures.output_folder(out), os.path.basename(stem) + ".npy")
     if os.path.abspath(path) == os.path.abspath(image_path):
         raise UsageError(f"--to-npy would overwrite its input {image_path}; pass --out with another path.")
-    visualize.save_image_npy(image_path, path)
+    images.save_image_npy(image_path, path)
     print(f"wrote {path}")
 
 
 def correlation(feature_path, out, dpi):
-    feature_map = visualize.load_feature_map(feature_path)
-    matrix = visualize.spatial_correlation(feature_map)
+    feature_map = maps.load_feature_map(feature_path)
+    matrix = maps.spatial_correlation(feature_map)
     stem = os.path.splitext(os.path.basename(feature_path))[0]
-    path = os.path.join(visualize.output_folder(out), f"{stem}_corr.png")
+    path = os.path.join(figures.output_folder(out), f"{stem}_corr.png")
     channels, height, width = feature_map.shape
-    visualize.plot_correlation(matrix, path, f"{stem}: {channels} channels, {height}x{width} positions", dpi)
-    print(f"{visualize.correlation_title(matrix)}  ({path})")
+    figures.plot_correlation(matrix, path, f"{stem}: {channels} channels, {height}x{width} positions", dpi)
+    print(f"{figures.correlation_title(matrix)}  ({path})")
 
 
 def extract(args):
-    original = visualize.load_image(args.image)
+    original = images.load_image(args.image)
     if args.compare:
-        dsp, dsp_size = visualize.load_trained_model(args.compare)
+        dsp, dsp_saved = models.load_trained_model(args.compare)
         baseline_name, baseline, baseline_size = _baseline(args.checkpoint, args.arch, dsp.arch)
         named_models = [(f"baseline: {baseline_name}", baseline), (f"DSP: {checkpoint_name(args.compare)}", dsp)]
-        sizes = [dsp_size, baseline_size]
+        sizes = [dsp_saved.input_size, baseline_size]
     else:
         baseline_name, baseline, baseline_size = _baseline(args.checkpoint, args.arch, "resnet50")
         named_models, sizes = [(baseline_name, baseline)], [baseline_size]
     for name, model in named_models:
-        visualize.check_layers(args.layers, model, name)
+        maps.check_layers(args.layers, model, name)
     height, width = data.input_size(args.height, args.width, sizes)
     if None in (args.height, args.width) and len({size for size in sizes if size is not None}) > 1:
         print(f"note: the two checkpoints were trained at different sizes; both get {height}x{width} "
               f"(--height/--width).", file=sys.stderr)
-    image, batch = visualize.prepare_image(original, height, width)
-    folder = visualize.output_folder(args.out or "feature_maps")
+    image, batch = maps.prepare_image(original, height, width)
+    folder = figures.output_folder(args.out or "feature_maps")
     stem = os.path.splitext(os.path.basename(args.image))[0]
-    maps = [visualize.extract_feature_maps(model, batch, args.layers) for _, model in named_models]
+    layer_maps = [maps.extract_feature_maps(model, batch, args.layers) for _, model in named_models]
     names = [name for name, _ in named_models]
     for layer in args.layers:
         if args.compare:
-            _compare_layer(image, stem, layer, folder, names, [model_maps[layer] for model_maps in maps], args.dpi)
+            _compare_layer(image, stem, layer, folder, names, [model_maps[layer] for model_maps in layer_maps],
+                           args.dpi)
         else:
-            _single_layer(image, stem, layer, folder, baseline_name, maps[0][layer], args.dpi)
+            _single_layer(image, stem, layer, folder, baseline_name, layer_maps[0][layer], args.dpi)
     print(f"files written to {folder} (input {height}x{width})")
 
 
 def _single_layer(image, stem, layer, folder, model_name, feature_map, dpi):
     """<stem>_<layer>.npy, the heatmap figure <stem>_<layer>.png and <stem>_<layer>_corr.png."""
-    visualize.save_feature_map(os.path.join(folder, f"{stem}_{layer}.npy"), feature_map)
+    maps.save_feature_map(os.path.join(folder, f"{stem}_{layer}.npy"), feature_map)
     _, channels, height, width = feature_map.shape
-    visualize.plot_feature_map(image, feature_map[0], os.path.join(folder, f"{stem}_{layer}.png"),
+    figures.plot_feature_map(image, feature_map[0], os.path.join(folder, f"{stem}_{layer}.png"),
                                f"{stem}: {layer} of {model_name} ({channels} channels)", dpi)
-    matrix = visualize.spatial_correlation(feature_map[0])
-    visualize.plot_correlation(matrix, os.path.join(folder, f"{stem}_{layer}_corr.png"),
+    matrix = maps.spatial_correlation(feature_map[0])
+    figures.plot_correlation(matrix, os.path.join(folder, f"{stem}_{layer}_corr.png"),
                                f"{stem}: {layer} of {model_name}, {height}x{width} positions", dpi)
-    print(f"{visualize.correlation_title(matrix)}  ({layer})")
+    print(f"{figures.correlation_title(matrix)}  ({layer})")
 
 
 def _compare_layer(image, stem, layer, folder, names, feature_maps, dpi):
     """<stem>_<layer>_baseline.npy, <stem>_<layer>_dsp.npy and the side-by-side <stem>_<layer>_compare.png."""
     models_maps = []
     for name, feature_map, tag in zip(names, feature_maps, ("baseline", "dsp")):
-        visualize.save_feature_map(os.path.join(folder, f"{stem}_{layer}_{tag}.npy"), feature_map)
-        matrix = visualize.spatial_correlation(feature_map[0])
-        print(f"{visualize.correlation_title(matrix)}  ({layer}, {name})")
+        maps.save_feature_map(os.path.join(folder, f"{stem}_{layer}_{tag}.npy"), feature_map)
+        matrix = maps.spatial_correlation(feature_map[0])
+        print(f"{figures.correlation_title(matrix)}  ({layer}, {name})")
         models_maps.append((name, feature_map[0], matrix))
     _, channels, height, width = feature_maps[0].shape
-    visualize.plot_comparison(image, models_maps, os.path.join(folder, f"{stem}_{layer}_compare.png"),
+    figures.plot_comparison(image, models_maps, os.path.join(folder, f"{stem}_{layer}_compare.png"),
                               f"{stem}: {layer}, {height}x{width} positions (baseline left, DSP right)", dpi)
 
 
@@ -148,12 +149,12 @@ def _baseline(checkpoint_path, arch, default_arch):
     """The left-hand model, its name and training size: a checkpoint (its own architecture wins over -a), or
     a plain ResNet of -a (default ``default_arch``: the --compare model's architecture, else resnet50)."""
     if checkpoint_path:
-        model, size = visualize.load_trained_model(checkpoint_path)
+        model, saved = models.load_trained_model(checkpoint_path)
         if arch and arch != model.arch:
             print(f"note: -a {arch} ignored: {checkpoint_path} holds a {model.arch} model.", file=sys.stderr)
-        return checkpoint_name(checkpoint_path), model, size
+        return checkpoint_name(checkpoint_path), model, saved.input_size
     arch = arch or default_arch
-    model, pretrained = visualize.baseline_model(arch)
+    model, pretrained = maps.baseline_model(arch)
     if pretrained:
         return f"ImageNet {arch}", model, None
     print(f"note: ImageNet weights for {arch} are not in torchvision's cache; the baseline has random "

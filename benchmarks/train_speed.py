@@ -37,6 +37,7 @@ import time
 import torch
 
 from reid import data, datasets, models
+from reid.config import DataConfig, TrainConfig
 from reid.datasets import synthetic
 from reid.losses import DeepSupervisionLoss
 from reid.trainer import apply_gradients, build_optimizer, mixed_precision
@@ -71,14 +72,14 @@ class TrainingRun:
             self.images = self.images.contiguous(memory_format=torch.channels_last)
         self.forward = torch.compile(self.model) if variant["compile"] else self.model
         self.criterion = DeepSupervisionLoss()
-        self.optimizer = build_optimizer(self.model, lr=0.01, momentum=0.9, weight_decay=5e-4, backbone_lr_mult=0.1)
+        self.optimizer = build_optimizer(self.model, TrainConfig(lr=0.01), pretrained=True)
         self.dtype, self.scaler = mixed_precision(device) if variant["amp"] else (None, None)
         self.seconds, self.peak_bytes, self.error = [], 0, None
 
     def step(self):
         with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype is not None):
             logits = self.forward(self.images)
-        apply_gradients(self.criterion(logits, self.targets), self.optimizer, self.scaler)
+        apply_gradients(self.criterion(logits, self.targets).total, self.optimizer, self.scaler)
 
     def resident_bytes(self):
         """Bytes this run keeps between steps: weights, buffers, optimiser state and the batch."""
@@ -176,10 +177,10 @@ def pipeline_speed(items, args, device, cache):
     The loader alone yields uint8 batches, as the workers make them; with ``to_model_input`` every batch ends
     on ``device`` as normalised float32 model input, as in training.
     """
-    loader_args = argparse.Namespace(batch_size=args.batch_size, height=args.height, width=args.width,
-                                     random_erasing=0.0, num_instances=0, seed=1, workers=args.workers)
+    loader_config = DataConfig(batch_size=args.batch_size, height=args.height, width=args.width,
+                               workers=args.workers, cache_images=cache)
     started = time.perf_counter()
-    loader = data.train_loader(items, loader_args, cache=cache)
+    loader = data.train_loader(items, loader_config)
     build_seconds = time.perf_counter() - started
 
     def images_per_second(epoch, prepare):

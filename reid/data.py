@@ -1,29 +1,15 @@
-"""From (path, pid, camid) lists to batches: image reading, transforms, samplers and loaders."""
-import re
-
+"""From (path, pid, camid) lists to batches: transforms, samplers, loaders and the model's input."""
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
-from torchvision.io import ImageReadMode, decode_image, read_file
 from torchvision.transforms import v2
 
+from .config import DEFAULT_INPUT_SIZE
 from .errors import UsageError
+from .images import read_image
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 MEAN_PIXEL = tuple(round(255 * mean) for mean in IMAGENET_MEAN)
-DEFAULT_INPUT_SIZE = (384, 128)
-# torchvision's decoding errors start with the C++ function and source line ("decode_jpeg, /path/x.cpp:171, ").
-_SOURCE_LOCATION = re.compile(r"^.*\.cpp:\d+,\s*", re.DOTALL)
-
-
-def read_image(path):
-    """Decode an image file to a (3, H, W) uint8 tensor; grayscale and RGBA images become RGB."""
-    try:
-        return decode_image(read_file(path), mode=ImageReadMode.RGB)
-    except (RuntimeError, OSError, ValueError) as error:
-        reason = _SOURCE_LOCATION.split(str(error))[-1].strip().rstrip(".") or type(error).__name__
-        raise UsageError(f"Cannot read the image {path}: {reason}. Expected a JPEG or PNG file; remove or "
-                         f"replace it.") from None
 
 
 def input_size(height, width, trained_sizes):
@@ -184,20 +170,20 @@ class IdentitySampler(_EpochSampler):
             batches.append(sum((groups_by_pid[available[i]].pop() for i in chosen), []))
 
 
-def train_loader(items, args, rank=0, world_size=1, cache=False):
-    """The training loader: per-process batch ``args.batch_size // world_size``."""
-    batch_size = args.batch_size // world_size
-    transform = build_transform(args.height, args.width, train=True, random_erasing=args.random_erasing)
-    dataset = ReidImages(items, transform, cache=cache)
-    if args.num_instances > 0:
-        sampler = IdentitySampler([pid for _, pid, _ in items], batch_size, args.num_instances, args.seed,
+def train_loader(items, config, rank=0, world_size=1):
+    """The training loader of a ``DataConfig``: per-process batch ``config.batch_size // world_size``."""
+    batch_size = config.batch_size // world_size
+    transform = build_transform(config.height, config.width, train=True, random_erasing=config.random_erasing)
+    dataset = ReidImages(items, transform, cache=config.cache_images)
+    if config.num_instances > 0:
+        sampler = IdentitySampler([pid for _, pid, _ in items], batch_size, config.num_instances, config.seed,
                                   rank, world_size)
     else:
-        sampler = ShuffleSampler(len(items), batch_size, args.seed, rank, world_size)
+        sampler = ShuffleSampler(len(items), batch_size, config.seed, rank, world_size)
     if sampler.steps_per_epoch() == 0:
         raise UsageError(f"The training split has {len(items)} images, fewer than one batch of "
-                         f"-b/--batch-size {args.batch_size}; lower the batch size.")
-    return _loader(dataset, batch_size, args.workers, sampler=sampler, generator=torch.Generator())
+                         f"-b/--batch-size {config.batch_size}; lower the batch size.")
+    return _loader(dataset, batch_size, config.workers, sampler=sampler, generator=torch.Generator())
 
 
 def start_epoch(loader, epoch, start_step=0):
@@ -210,9 +196,10 @@ def start_epoch(loader, epoch, start_step=0):
     loader.sampler.set_start(start_step)
 
 
-def test_loader(items, args, cache=False):
-    transform = build_transform(args.height, args.width, train=False)
-    return _loader(ReidImages(items, transform, cache=cache), args.batch_size, args.workers)
+def test_loader(items, height, width, batch_size, workers, cache=False):
+    """Items in order, resized to height x width, as uint8 batches."""
+    transform = build_transform(height, width, train=False)
+    return _loader(ReidImages(items, transform, cache=cache), batch_size, workers)
 
 
 def _loader(dataset, batch_size, workers, sampler=None, generator=None):

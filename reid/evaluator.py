@@ -1,67 +1,90 @@
 """Feature extraction -> distances -> CMC/mAP/mINP, the printed table and results.json."""
 import json
-import os
 
+import numpy as np
 import torch
 from tqdm import tqdm
 
-from . import data, distributed, metrics
+from . import data, distributed, metrics, run_files
+from .errors import UsageError
 
 
 @torch.inference_mode()
-def extract_features(model, items, args, device, autocast_dtype=None, show_progress=True):
-    """Retrieval features of ``items`` as a (N, D) float32 CPU tensor, in the order of ``items``.
+def embed_batch(model, images, device, flip=False, autocast_dtype=None, channels_last=False):
+    """Retrieval features of a (B, 3, H, W) uint8 batch already at the model's input size: (B, D) float32 on
+    ``device``. With ``flip`` the feature of the mirrored image is averaged in. The evaluator and
+    ``reid.FeatureExtractor`` both embed through here."""
+    images = data.to_model_input(images, device, channels_last)
+    with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+        features = model(images).float()
+        if flip:
+            features = (features + model(images.flip(3)).float()) / 2
+    return features
 
-    Under torchrun each process extracts every ``world_size``-th image (with the main process's BatchNorm
-    statistics) and the shards are gathered.
-    With ``args.flip_test`` the feature of the mirrored image is averaged in.
+
+@torch.inference_mode()
+def extract_features(model, items, config, device, autocast_dtype=None, channels_last=False, show_progress=True):
+    """Retrieval features of ``items`` ((path, pid, camid) lists) as a (N, D) CPU tensor, in their order.
+
+    ``config`` is an ``EvalConfig``: input size, batch size, workers, flip test and ``eval_dtype`` (the features
+    are kept in that precision as they come, so float16 halves the memory of a large gallery). Under torchrun
+    each process extracts every ``world_size``-th image (with the main process's BatchNorm statistics) and the
+    shards are gathered.
     """
     world_size = torch.distributed.get_world_size() if distributed.is_distributed() else 1
     rank = torch.distributed.get_rank() if distributed.is_distributed() else 0
-    loader = data.test_loader(items[rank::world_size], args)
+    shard = items[rank::world_size]
+    loader = data.test_loader(shard, config.height, config.width, config.batch_size, config.workers)
     distributed.broadcast_buffers(model)
     model.eval()
-    chunks = []
+    dtype = getattr(torch, config.eval_dtype)
+    features, filled = None, 0
     for images, _, _, _ in tqdm(loader, desc="features", leave=False, disable=not show_progress,
                                 dynamic_ncols=True):
-        images = data.to_model_input(images, device, args.channels_last)
-        with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
-            features = model(images).float()
-            if args.flip_test:
-                features = (features + model(images.flip(3)).float()) / 2
-        chunks.append(features)
-    features = torch.cat(chunks) if chunks else torch.empty(0, 0, device=device)
-    return distributed.gather_rows(features, len(items)).cpu()
+        batch = embed_batch(model, images, device, config.flip_test, autocast_dtype, channels_last).to("cpu", dtype)
+        if features is None:
+            features = torch.empty(len(shard), batch.shape[1], dtype=dtype)
+        features[filled:filled + len(batch)] = batch
+        filled += len(batch)
+    if features is None:
+        features = torch.empty(0, 0, dtype=dtype)
+    return distributed.gather_rows(features.to(device), len(items)).cpu() if world_size > 1 else features
 
 
-def evaluate(model, query, gallery, args, device, autocast_dtype=None, show_progress=True):
-    """Rank ``gallery`` for every image of ``query`` (lists of (path, pid, camid)); return the metrics."""
-    query_features = extract_features(model, query, args, device, autocast_dtype, show_progress)
-    gallery_features = extract_features(model, gallery, args, device, autocast_dtype, show_progress)
-    distance_device = device if device.type == "cuda" else None
-    distances = metrics.pairwise_distance(query_features, gallery_features, metric=args.metric,
-                                          device=distance_device)
-    if args.rerank:
-        distances = metrics.re_rank(
-            distances,
-            metrics.pairwise_distance(query_features, query_features, metric=args.metric, device=distance_device),
-            metrics.pairwise_distance(gallery_features, gallery_features, metric=args.metric,
-                                      device=distance_device))
-    q_pids, q_camids = _labels(query)
-    g_pids, g_camids = _labels(gallery)
-    ranking = metrics.evaluate_rank(distances, q_pids, g_pids, q_camids, g_camids)
-    views = metrics.cmc_views(distances, q_pids, g_pids, q_camids, g_camids, topk=10)
-    return {"rank1": float(ranking["cmc"][0]), "rank5": float(ranking["cmc"][4]),
-            "rank10": float(ranking["cmc"][9]), "mAP": float(ranking["mAP"]), "mINP": float(ranking["mINP"]),
-            "num_valid_queries": int(ranking["num_valid_queries"]),
-            "cmc_views": {name: [float(v) for v in cmc] for name, cmc in views.items()},
-            "distances": distances}
+def check_scorable(query, gallery, what):
+    """UsageError unless some query of ``query`` has a gallery image of its identity from another camera (the
+    protocol ignores same-camera matches): such a split gives no metric. ``what`` names the split."""
+    cameras_of = {}
+    for _, pid, camid in gallery:
+        cameras_of.setdefault(pid, set()).add(camid)
+    if any(cameras_of.get(pid, set()) - {camid} for _, pid, camid in query):
+        return
+    raise UsageError(f"The {what} cannot be scored: it has {len(query)} query and {len(gallery)} gallery images, "
+                     f"and no query has an image of its identity from another camera in the gallery (same-camera "
+                     f"matches are ignored by the protocol).")
 
 
-def _labels(items):
-    pids = torch.tensor([pid for _, pid, _ in items])
-    camids = torch.tensor([camid for _, _, camid in items])
-    return pids.numpy(), camids.numpy()
+def evaluate(model, query, gallery, config, device, autocast_dtype=None, channels_last=False, show_progress=True):
+    """Rank ``gallery`` for every image of ``query`` (lists of (path, pid, camid)); return the metrics.
+
+    The result holds ``distances`` (the (Q, G) matrix) only when ``config.visrank`` asks for rank lists.
+    """
+    query_features = extract_features(model, query, config, device, autocast_dtype, channels_last, show_progress)
+    gallery_features = extract_features(model, gallery, config, device, autocast_dtype, channels_last,
+                                        show_progress)
+    q_pids, q_camids = labels(query)
+    g_pids, g_camids = labels(gallery)
+    return metrics.retrieval_metrics(query_features, gallery_features, q_pids, g_pids, q_camids, g_camids,
+                                     metric=config.metric, rerank=config.rerank,
+                                     device=device if device.type == "cuda" else None,
+                                     keep_distances=config.visrank > 0)
+
+
+def labels(items):
+    """(pids, camids) of (path, pid, camid) items as int64 numpy arrays."""
+    pids = np.array([pid for _, pid, _ in items], dtype=np.int64)
+    camids = np.array([camid for _, _, camid in items], dtype=np.int64)
+    return pids, camids
 
 
 def format_table(results):
@@ -76,18 +99,22 @@ def format_table(results):
     return "\n".join(lines)
 
 
-def write_results(path, results, args, model_options, epochs):
-    """``results.json``: the headline metrics as fractions, the model's switches and the run's arguments.
+HEADLINE_KEYS = ("rank1", "rank5", "rank10", "mAP", "mINP", "num_valid_queries")
 
-    ``epochs`` is the number of epochs the evaluated model was trained for.
-    """
-    record = {"dataset": args.dataset, "arch": model_options["arch"], "epochs": epochs,
-              **{key: results[key] for key in ("rank1", "rank5", "rank10", "mAP", "mINP", "num_valid_queries")},
-              **{key: model_options[key] for key in ("dsa", "deep_supervision", "parts", "feature")},
-              "cmc_views": results["cmc_views"], "args": vars(args)}
-    temporary = f"{path}.tmp"
-    with open(temporary, "w") as handle:
+
+def write_results(path, record):
+    """Write ``record`` (see ``results_record``) to ``path`` as JSON, atomically."""
+    with run_files.replacing(path) as handle:
         json.dump(record, handle, indent=2, sort_keys=False)
         handle.write("\n")
-    os.replace(temporary, path)
     return record
+
+
+def results_record(results, dataset, model_config, epochs, run_config):
+    """``results.json``'s content: the headline metrics as fractions, the model's switches, the number of
+    epochs the evaluated model was trained for and the run's settings (``RunConfig.to_dict()``)."""
+    return {"dataset": dataset, "arch": model_config.arch, "epochs": epochs,
+            **{key: results[key] for key in HEADLINE_KEYS},
+            "dsa": model_config.dsa, "deep_supervision": model_config.deep_supervision,
+            "parts": model_config.parts, "feature": model_config.feature,
+            "cmc_views": results["cmc_views"], "config": run_config}

@@ -1,4 +1,3 @@
-import argparse
 from collections import Counter
 
 import pytest
@@ -6,29 +5,8 @@ import torch
 from PIL import Image
 
 from reid import data, datasets
+from reid.config import DataConfig
 from reid.errors import UsageError
-
-
-def write_image(path, mode="RGB", size=(16, 32)):
-    Image.new(mode, size, color=128 if mode in ("L", "1") else (10, 200, 30, 255)[: len(mode)]).save(path)
-    return str(path)
-
-
-@pytest.mark.parametrize("mode,suffix", [("RGB", ".jpg"), ("L", ".jpg"), ("RGBA", ".png"), ("L", ".png")])
-def test_read_image_gives_rgb_uint8(tmp_path, mode, suffix):
-    image = data.read_image(write_image(tmp_path / f"x{suffix}", mode))
-    assert image.shape == (3, 32, 16) and image.dtype == torch.uint8
-
-
-@pytest.mark.parametrize("content", [b"", b"not an image at all", None])
-def test_unreadable_images_name_the_file(tmp_path, content):
-    path = tmp_path / "0001_c1s1_000001_00.jpg"
-    if content is None:
-        write_image(path)
-        content = path.read_bytes()[:60]
-    path.write_bytes(content)
-    with pytest.raises(UsageError, match="0001_c1s1_000001_00.jpg"):
-        data.read_image(str(path))
 
 
 def test_transforms_resize_to_portrait_and_the_model_input_is_normalised():
@@ -99,16 +77,14 @@ def test_identity_sampler_needs_a_multiple_of_k():
         data.IdentitySampler([0, 1], batch_size=5, num_instances=2, seed=0)
 
 
-def make_args(**overrides):
-    values = dict(batch_size=2, height=32, width=16, random_erasing=0.0, num_instances=0, seed=1, workers=0,
-                  deterministic=True)
-    return argparse.Namespace(**{**values, **overrides})
+def loader_config(**overrides):
+    return DataConfig(**{**dict(batch_size=2, height=32, width=16, seed=1, workers=0), **overrides})
 
 
-def test_train_loader_yields_batches_and_caches(tmp_path):
+def test_train_loader_yields_batches_and_caches(write_image, tmp_path):
     items = [(write_image(tmp_path / f"{i}.png"), i % 2, 0) for i in range(5)]
     for cache in (False, True):
-        loader = data.train_loader(items, make_args(), cache=cache)
+        loader = data.train_loader(items, loader_config(cache_images=cache))
         data.start_epoch(loader, 0)
         batches = list(loader)
         assert len(batches) == 2
@@ -116,17 +92,17 @@ def test_train_loader_yields_batches_and_caches(tmp_path):
         assert images.shape == (2, 3, 32, 16) and pids.dtype == torch.int64
 
 
-def test_train_loader_refuses_a_split_smaller_than_a_batch(tmp_path):
+def test_train_loader_refuses_a_split_smaller_than_a_batch(write_image, tmp_path):
     items = [(write_image(tmp_path / "a.png"), 0, 0)]
     with pytest.raises(UsageError, match="batch"):
-        data.train_loader(items, make_args(batch_size=4))
+        data.train_loader(items, loader_config(batch_size=4))
 
 
-def test_train_loader_splits_the_total_batch_over_processes(tmp_path):
+def test_train_loader_splits_the_total_batch_over_processes(write_image, tmp_path):
     items = [(write_image(tmp_path / f"{i}.png"), i % 4, 0) for i in range(16)]
     shards = []
     for rank in (0, 1):
-        loader = data.train_loader(items, make_args(batch_size=4, num_instances=2), rank=rank, world_size=2)
+        loader = data.train_loader(items, loader_config(batch_size=4, num_instances=2), rank=rank, world_size=2)
         data.start_epoch(loader, 0)
         batches = list(loader)
         assert loader.batch_size == 2 and all(len(indices) == 2 for *_, indices in batches)
@@ -134,9 +110,9 @@ def test_train_loader_splits_the_total_batch_over_processes(tmp_path):
     assert shards[0] and not shards[0] & shards[1]
 
 
-def test_cached_images_are_decoded_once_not_again_in_workers(tmp_path, monkeypatch):
+def test_cached_images_are_decoded_once_not_again_in_workers(write_image, tmp_path, monkeypatch):
     items = [(write_image(tmp_path / f"{i}.png"), i % 2, 0) for i in range(4)]
-    loader = data.train_loader(items, make_args(workers=1, deterministic=False), cache=True)
+    loader = data.train_loader(items, loader_config(workers=1, cache_images=True))
 
     def no_decoding(path):
         raise AssertionError(f"{path} decoded again")

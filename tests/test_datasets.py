@@ -1,6 +1,9 @@
 """The dataset loaders on small folders written here: parsing, relabelling, junk, validation split, errors."""
+import csv
 import io
+import json
 import os
+import re
 import tempfile
 
 import pytest
@@ -8,8 +11,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
+import main
 from reid import datasets
-from reid.datasets import base, duke, market
+from reid.datasets import base, custom, duke, market, msmt17
 from reid.errors import UsageError
 
 TRAIN_IDS = (2, 7, 11, 20, 33)
@@ -62,11 +66,16 @@ def pids(items):
 
 
 def test_names_and_aliases(market_root):
-    assert datasets.names() == ["market", "duke", "synthetic"]
+    assert datasets.names() == ["market", "duke", "msmt17", "cuhk03-np", "custom", "synthetic"]
     for alias in ("market1501", "Market-1501", "MARKET"):
         assert datasets.canonical_name(alias) == "market"
     for alias in ("dukemtmc", "dukemtmc-reid", "DukeMTMC-reID"):
         assert datasets.canonical_name(alias) == "duke"
+    for alias in ("msmt17", "MSMT17_V1", "msmt17_v2", "MSMT"):
+        assert datasets.canonical_name(alias) == "msmt17"
+    for alias in ("cuhk03-np", "CUHK03NP", "cuhk03"):
+        assert datasets.canonical_name(alias) == "cuhk03-np"
+    assert datasets.canonical_name("Custom") == "custom"
     assert datasets.create("market1501", market_root, verbose=False).name == "market"
 
 
@@ -187,9 +196,9 @@ def test_split_without_usable_images(market_root):
 
 def test_unknown_dataset_lists_the_known_ones(tmp_path):
     with pytest.raises(UsageError) as error:
-        datasets.create("cuhk03", tmp_path)
+        datasets.create("viper", tmp_path)
     message = str(error.value)
-    assert "'cuhk03'" in message and "-d/--dataset" in message
+    assert "'viper'" in message and "-d/--dataset" in message
     assert all(name in message for name in datasets.names())
 
 
@@ -261,3 +270,446 @@ def test_every_file_of_a_folder_is_listed_ignored_or_dropped_as_junk(names):
     assert [os.path.basename(path) for path, _, _ in items] == sorted(
         name for name, value in parsed.items() if value is not None and value[0] != base.JUNK_PID)
     assert all((pid, camid) == parsed[os.path.basename(path)] for path, pid, camid in items)
+
+
+# Lists and tables shared by the new layouts -------------------------------------------------------------------
+
+def write_lines(path, lines, newline="\n", ending="\n", bom=False):
+    """A list file as editors leave them: ``newline`` between lines (``\\r\\n`` from Windows), ``ending``
+    after the last one (``""``, or a blank line), optionally a UTF-8 byte-order mark."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    text = newline.join(lines) + ending
+    with open(path, "wb") as handle:
+        handle.write((b"\xef\xbb\xbf" if bom else b"") + text.encode())
+
+
+def table(output):
+    """The rows of the printed summary table (its title line excluded)."""
+    lines = output.splitlines()
+    start = lines.index("  subset   | # ids | # images")
+    return lines[start:]
+
+
+def row(subset, ids, images):
+    return f"  {subset:<8} | {ids:5d} | {images:8d}"
+
+
+def cameras(items):
+    return sorted({camid for _, _, camid in items})
+
+
+# MSMT17 -------------------------------------------------------------------------------------------------------
+
+MSMT_TRAIN_IDS, MSMT_TEST_IDS = range(5), range(3)
+MSMT_FOLDERS = {"MSMT17_V1": ("train", "test"), "MSMT17_V2": ("mask_train_v2", "mask_test_v2")}
+
+
+def msmt_name(pid, index, cam, frame):
+    """A name as MSMT17 writes them: ``0000_000_01_0303morning_0015_0.jpg`` (pid, index, camera, day and
+    time slot, frame, box)."""
+    return f"{pid:04d}_{index:03d}_{cam:02d}_0303morning_{frame:04d}_{index % 2}.jpg"
+
+
+def write_msmt17(root, version="MSMT17_V1"):
+    """One MSMT17 version folder under ``root``. Train: 5 ids, images 0..2 in list_train.txt (cameras 1, 7,
+    15), image 3 in list_val.txt (camera 7). Query: the 3 test ids in camera 2; gallery: them in cameras 3 and
+    12. Also an image in no list, a Thumbs.db, list_train.txt with CRLF line ends, list_query.txt with a
+    byte-order mark and list_gallery.txt ending with a blank line."""
+    folder = os.path.join(root, version)
+    train_folder, test_folder = MSMT_FOLDERS[version]
+    lists = {"train": [], "val": [], "query": [], "gallery": []}
+    for pid in MSMT_TRAIN_IDS:
+        for index, cam in enumerate((1, 7, 15, 7)):
+            lists["val" if index == 3 else "train"].append((train_folder, pid, msmt_name(pid, index, cam, 10 + index)))
+    for pid in MSMT_TEST_IDS:
+        lists["query"].append((test_folder, pid, msmt_name(pid, 0, 2, 20)))
+        lists["gallery"] += [(test_folder, pid, msmt_name(pid, index, cam, 20 + index))
+                             for index, cam in ((1, 3), (2, 12))]
+    for entries in lists.values():
+        for image_folder, pid, name in entries:
+            write(os.path.join(folder, image_folder, f"{pid:04d}"), [name])
+    write(os.path.join(folder, train_folder, "0001"), [msmt_name(1, 99, 5, 100)])
+    write(os.path.join(folder, test_folder), ["Thumbs.db"])
+    lines = {split: [f"{pid:04d}/{name} {pid}" for _, pid, name in entries] for split, entries in lists.items()}
+    write_lines(os.path.join(folder, "list_train.txt"), lines["train"], newline="\r\n", ending="\r\n")
+    write_lines(os.path.join(folder, "list_val.txt"), lines["val"], ending="")
+    write_lines(os.path.join(folder, "list_query.txt"), lines["query"], bom=True)
+    write_lines(os.path.join(folder, "list_gallery.txt"), lines["gallery"], ending="\n\n")
+    return folder
+
+
+@pytest.mark.parametrize("version", ["MSMT17_V1", "MSMT17_V2"])
+def test_msmt17_reads_the_standard_lists(tmp_path, version, capsys):
+    folder = write_msmt17(tmp_path, version)
+    dataset = datasets.create("msmt17", folder, combine_trainval=True)
+    assert table(capsys.readouterr().out) == ["  subset   | # ids | # images", "  " + "-" * 27,
+                                              row("train", 5, 20), row("query", 3, 3), row("gallery", 3, 6)]
+    assert dataset.num_train_ids == 5 and len(dataset.train) == 20, "list_train + list_val, the stray image unread"
+    assert pids(dataset.query) == pids(dataset.gallery) == [0, 1, 2], "test ids as the lists give them"
+    assert cameras(dataset.train) == [0, 6, 14] and cameras(dataset.query) == [1]
+    assert cameras(dataset.gallery) == [2, 11]
+    train_folder, test_folder = MSMT_FOLDERS[version]
+    assert all(os.path.isfile(path) and f"{os.sep}{train_folder}{os.sep}" in path for path, _, _ in dataset.train)
+    assert all(f"{os.sep}{test_folder}{os.sep}" in path for path, _, _ in dataset.query + dataset.gallery)
+    assert dataset.num_ignored == 0
+
+
+def test_msmt17_found_inside_the_folder_given_and_titled_by_its_version(tmp_path, capsys):
+    write_msmt17(tmp_path / "msmt17", "MSMT17_V2")
+    dataset = datasets.create("msmt17_v2", tmp_path / "msmt17", num_val=1)
+    out = capsys.readouterr().out
+    assert out.startswith("MSMT17_V2 dataset loaded\n")
+    assert row("train", 4, 16) in out and row("val", 1, 4) in out
+    assert dataset.name == "msmt17"
+
+
+def test_msmt17_errors_name_the_list_file_and_line(tmp_path):
+    folder = write_msmt17(tmp_path)
+    query_list = os.path.join(folder, "list_query.txt")
+    write_lines(query_list, ["0000/" + msmt_name(0, 0, 2, 20) + " 0", "0001/" + msmt_name(1, 0, 2, 20)])
+    with pytest.raises(UsageError, match=rf"^{re.escape(query_list)} line 2: expected two fields"):
+        datasets.create("msmt17", folder, verbose=False)
+    write_lines(query_list, ["0000/" + msmt_name(0, 0, 2, 20) + " 0", "0009/" + msmt_name(9, 0, 2, 20) + " 9"])
+    with pytest.raises(UsageError) as error:
+        datasets.create("msmt17", folder, verbose=False)
+    assert str(error.value).startswith(f"{query_list} line 2: the image ")
+    assert "1 of the 2 images it lists are missing" in str(error.value)
+    write_lines(query_list, ["0000/" + msmt_name(0, 0, 16, 20) + " 0"])
+    with pytest.raises(UsageError, match=r"line 1: .* camera, 01\.\.15"):
+        datasets.create("msmt17", folder, verbose=False)
+    write_lines(query_list, ["0000/" + msmt_name(0, 0, 2, 20) + " zero"])
+    with pytest.raises(UsageError, match=r"line 1: the pid 'zero' is not a whole number"):
+        datasets.create("msmt17", folder, verbose=False)
+    os.remove(query_list)
+    with pytest.raises(UsageError, match=r"list_query\.txt is missing"):
+        datasets.create("msmt17", folder, verbose=False)
+
+
+@pytest.mark.parametrize("path,camera", [("0000/0000_000_01_0303morning_0015_0.jpg", 1),
+                                         ("0114/0114_019_10_0303noon_0284_2_ex.jpg", 10),
+                                         ("3059/3059_011_15_0114afternoon_1220_1.jpg", 15),
+                                         ("0001/0001_c1s1_000451_03.jpg", None)])
+def test_msmt17_camera_is_the_third_field(path, camera):
+    assert msmt17.camera_of(path) == camera
+
+
+def test_msmt17_folder_that_is_not_one(tmp_path, market_root):
+    with pytest.raises(UsageError) as error:
+        datasets.create("msmt17", market_root, verbose=False)
+    assert "not an MSMT17 folder" in str(error.value) and "bounding_box_train" in str(error.value)
+    write_msmt17(tmp_path / "both", "MSMT17_V1")
+    write_msmt17(tmp_path / "both", "MSMT17_V2")
+    with pytest.raises(UsageError, match="holds both MSMT17_V1 and MSMT17_V2"):
+        datasets.create("msmt17", tmp_path / "both", verbose=False)
+
+
+# CUHK03-NP ----------------------------------------------------------------------------------------------------
+
+def write_cuhk03np(root):
+    """``cuhk03-np/{labeled,detected}`` with PNG images named ``PPPP_cC_N.png``. Train: ids 1..5, cameras 1
+    and 2, images 1..2 each (detected lacks one: 19). Query: ids 6 and 7, image 1 of each camera. Gallery:
+    their images 2..3 of each camera (detected has one more: 9). A Thumbs.db in labeled's training folder."""
+    folder = os.path.join(root, "cuhk03-np")
+    for variant in ("labeled", "detected"):
+        train = [f"{pid:04d}_c{cam}_{index}.png" for pid in range(1, 6) for cam in (1, 2) for index in (1, 2)]
+        query = [f"{pid:04d}_c{cam}_1.png" for pid in (6, 7) for cam in (1, 2)]
+        gallery = [f"{pid:04d}_c{cam}_{index}.png" for pid in (6, 7) for cam in (1, 2) for index in (2, 3)]
+        if variant == "detected":
+            train.remove("0003_c2_2.png")
+            gallery.append("0007_c2_4.png")
+        else:
+            train.append("Thumbs.db")
+        write(os.path.join(folder, variant, "bounding_box_train"), train)
+        write(os.path.join(folder, variant, "query"), query)
+        write(os.path.join(folder, variant, "bounding_box_test"), gallery)
+    return folder
+
+
+@pytest.mark.parametrize("variant,train_images,gallery_images,ignored", [("labeled", 20, 8, 1),
+                                                                          ("detected", 19, 9, 0)])
+def test_cuhk03np_variants(tmp_path, variant, train_images, gallery_images, ignored, capsys):
+    folder = write_cuhk03np(tmp_path)
+    dataset = datasets.create("cuhk03-np", folder, combine_trainval=True, cuhk03=variant)
+    out = capsys.readouterr().out
+    assert out.startswith(f"CUHK03-NP ({variant}) dataset loaded\n")
+    assert table(out)[2:5] == [row("train", 5, train_images), row("query", 2, 4), row("gallery", 2, gallery_images)]
+    assert dataset.num_ignored == ignored
+    assert all(path.endswith(".png") and f"{os.sep}{variant}{os.sep}" in path
+               for path, _, _ in dataset.train + dataset.query + dataset.gallery)
+    assert cameras(dataset.train) == cameras(dataset.query) == cameras(dataset.gallery) == [0, 1]
+    assert pids(dataset.query) == [6, 7]
+    with open(dataset.query[0][0], "rb") as handle:
+        assert handle.read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+def test_cuhk03np_defaults_to_labeled_and_finds_the_unpacked_folder(tmp_path):
+    write_cuhk03np(tmp_path)
+    dataset = datasets.create("cuhk03", tmp_path, combine_trainval=True, verbose=False)
+    assert dataset.name == "cuhk03-np" and len(dataset.train) == 20
+
+
+def test_cuhk03np_errors(tmp_path):
+    folder = write_cuhk03np(tmp_path)
+    with pytest.raises(UsageError, match="--cuhk03"):
+        datasets.create("cuhk03-np", os.path.join(folder, "labeled"), verbose=False)
+    with pytest.raises(UsageError, match=r"Unknown CUHK03-NP variant 'classic' \(--cuhk03\)"):
+        datasets.create("cuhk03-np", folder, cuhk03="classic", verbose=False)
+    with pytest.raises(UsageError, match="has no sub-folder labeled"):
+        datasets.create("cuhk03-np", tmp_path / "cuhk03-np" / "detected" / "query", verbose=False)
+
+
+# Custom data --------------------------------------------------------------------------------------------------
+
+CUSTOM = {"train": [(7, 1), (7, 2), (7, 1), (9, 1), (9, 3)], "query": [(40, 1), (41, 1)],
+          "gallery": [(40, 2), (40, 3), (41, 2), (42, 3)]}
+CUSTOM_TABLE = [row("train", 2, 5), row("query", 2, 2), row("gallery", 3, 4)]
+
+
+def custom_name(pid, cam, index):
+    return f"{pid:04d}_c{cam}_{index:02d}.jpg"
+
+
+def write_custom(root, form):
+    """The images of ``CUSTOM`` ((pid, camera) per image) in one of the three forms, plus a notes.txt in the
+    training folder (or an image in no list) that the loader must leave out."""
+    folders = {"train": "bounding_box_train", "query": "query", "gallery": "bounding_box_test"}
+    lines = {}
+    for split, images in CUSTOM.items():
+        names = [custom_name(pid, cam, index) for index, (pid, cam) in enumerate(images)]
+        if form == "image folders":
+            write(os.path.join(root, folders[split]), names)
+        elif form == "identity folders":
+            for name, (pid, _) in zip(names, images):
+                write(os.path.join(root, split, f"{pid:04d}"), [name])
+        else:
+            write(os.path.join(root, "images", split), names)
+            lines[split] = [f"images/{split}/{name} {pid} {cam}" for name, (pid, cam) in zip(names, images)]
+    if form == "list files":
+        write(os.path.join(root, "images"), ["unlisted.jpg"])
+        write_lines(os.path.join(root, "train.txt"), ["# path pid camid", *lines["train"]], newline="\r\n",
+                    ending="\r\n\r\n")
+        write_lines(os.path.join(root, "query.txt"), lines["query"], ending="")
+        write_lines(os.path.join(root, "gallery.txt"), lines["gallery"], ending="\n\n")
+    else:
+        train_folder = "bounding_box_train" if form == "image folders" else "train"
+        write(os.path.join(root, train_folder), ["notes.txt"])
+    return str(root)
+
+
+def labels(items):
+    return sorted((pid, camid) for _, pid, camid in items)
+
+
+@pytest.mark.parametrize("form,pattern,ignored", [("image folders", None, 1),
+                                                  ("identity folders", r"_c(?P<camid>\d+)_", 1),
+                                                  ("list files", None, 0)])
+def test_custom_forms_print_the_same_table_and_items(tmp_path, form, pattern, ignored, capsys):
+    root = write_custom(tmp_path / "mine", form)
+    dataset = datasets.create("custom", root, combine_trainval=True, name_pattern=pattern)
+    out = capsys.readouterr().out
+    assert out.startswith(f"Custom ({form}) dataset loaded\n")
+    assert table(out)[2:5] == CUSTOM_TABLE and dataset.num_ignored == ignored
+    assert labels(dataset.train) == [(0, 0), (0, 0), (0, 1), (1, 0), (1, 2)], "relabelled; cameras 1, 2, 3 -> 0..2"
+    assert labels(dataset.query) == [(40, 0), (41, 0)]
+    assert labels(dataset.gallery) == [(40, 1), (40, 2), (41, 1), (42, 2)]
+    assert all(os.path.isfile(path) for path, _, _ in dataset.train + dataset.query + dataset.gallery)
+    assert not any("unlisted" in path for path, _, _ in dataset.train + dataset.query + dataset.gallery)
+
+
+def test_custom_image_folders_read_market_names_like_the_market_loader(market_root):
+    mine = datasets.create("custom", market_root, combine_trainval=True, verbose=False)
+    market_dataset = datasets.create("market", market_root, combine_trainval=True, verbose=False)
+    for split in ("train", "query", "gallery"):
+        assert getattr(mine, split) == getattr(market_dataset, split)
+    assert mine.num_ignored == market_dataset.num_ignored == 3
+
+
+def test_custom_name_pattern_with_other_names(tmp_path):
+    write(tmp_path / "train", ["alice-cam2-001.jpg", "alice-cam1-002.jpg", "bob-cam1-001.png", "group photo.jpg"])
+    write(tmp_path / "query", ["carol-cam1-001.jpg"])
+    write(tmp_path / "gallery", ["carol-cam2-001.jpg", "dave-cam2-001.jpg"])
+    dataset = datasets.create("custom", tmp_path, combine_trainval=True, verbose=False,
+                              name_pattern=r"^(?P<pid>[a-z]+)-cam(?P<camid>\d+)-")
+    assert labels(dataset.train) == [(0, 0), (0, 1), (1, 0)] and dataset.num_ignored == 1
+    assert labels(dataset.query) == [(0, 0)] and labels(dataset.gallery) == [(0, 1), (1, 1)]
+
+
+def test_custom_numbering_of_identities_and_cameras():
+    assert custom.identity_numbers(["0007", "12", "7"]) == {"0007": 7, "12": 12, "7": 7}
+    assert custom.identity_numbers(["bob", "0007", "alice"]) == {"0007": 0, "alice": 1, "bob": 2}
+    assert custom.camera_numbers(["10", "02", "2", "1"]) == {"1": 0, "02": 1, "2": 1, "10": 2}
+    assert custom.camera_numbers(["west", "east", "3"]) == {"3": 0, "east": 1, "west": 2}
+
+
+def test_custom_identity_folders_without_cameras(tmp_path, capsys):
+    for split, identities in {"train": {"alice": 3, "bob": 2, "carol": 2}, "query": {"dave": 1, "erin": 1},
+                              "gallery": {"dave": 2, "erin": 1, "frank": 1}}.items():
+        for identity, count in identities.items():
+            write(tmp_path / split / identity, [f"{index}.jpg" for index in range(count)])
+    write(tmp_path / "train", ["desktop.ini"])
+    write(tmp_path / "train" / "bob", ["notes.txt"])
+    dataset = datasets.create("custom", tmp_path, num_val=1)
+    assert table(capsys.readouterr().out)[2:6] == [row("train", 2, 4), row("val", 1, 3), row("query", 2, 2),
+                                                    row("gallery", 3, 4)]
+    assert dataset.num_ignored == 2
+    assert cameras(dataset.train) == [0]
+    assert labels(dataset.query) == [(0, 0), (1, 0)], "dave, erin: numbered in sorted order, query camera 0"
+    assert labels(dataset.gallery) == [(0, 1), (0, 1), (1, 1), (2, 1)], "gallery camera 1: every match counts"
+    assert [camid for _, _, camid in dataset.val_query] == [0]
+    assert [camid for _, _, camid in dataset.val_gallery] == [1, 1], "held-out images match across 'cameras'"
+
+
+def test_custom_lists_without_cameras_and_numbered_identities(tmp_path):
+    write(tmp_path / "img", ["a.jpg", "b.jpg", "c.jpg", "d.jpg"])
+    write_lines(tmp_path / "train.txt", ["img/a.jpg 12", "img/b.jpg 3"])
+    write_lines(tmp_path / "query.txt", ["# one query", "img/c.jpg 0005"])
+    write_lines(tmp_path / "gallery.txt", [f"{tmp_path}/img/d.jpg 5", "img/a.jpg 8"])
+    dataset = datasets.create("custom", tmp_path, combine_trainval=True, verbose=False)
+    assert labels(dataset.train) == [(0, 0), (1, 0)]
+    assert labels(dataset.query) == [(5, 0)] and labels(dataset.gallery) == [(5, 1), (8, 1)]
+    assert dataset.gallery[0][0] == f"{tmp_path}/img/d.jpg", "absolute paths are kept"
+
+
+def custom_lists(root, train=("img/a.jpg 1 1",), query=("img/b.jpg 2 1",), gallery=("img/c.jpg 2 2",)):
+    write(os.path.join(root, "img"), ["a.jpg", "b.jpg", "c.jpg"])
+    for split, lines in (("train", train), ("query", query), ("gallery", gallery)):
+        write_lines(os.path.join(root, f"{split}.txt"), list(lines))
+    return str(root)
+
+
+@pytest.mark.parametrize("split,lines,message", [
+    ("train", ["img/a.jpg 1 1", "# comment", "img/a.jpg"], r"train\.txt line 3: expected `path pid \[camid\]`"),
+    ("train", ["my image.jpg 1"], r"train\.txt line 1: the pid 'image\.jpg' is not a whole number"),
+    ("train", ["img/a.jpg 1 one"], r"train\.txt line 1: the camid 'one' is not a whole number"),
+    ("train", ["img/a.jpg 1 1", "img/a.jpg 1"], r"train\.txt line 2: no camid, unlike the lines above"),
+    ("gallery", ["img/c.jpg 2 2", "img/x.jpg 2 2"], r"gallery\.txt line 2: the image .*x\.jpg does not exist"),
+    ("query", ["img/b.jpg 2 1", "img/a.jpg 3 1"], r"query\.txt line 2: the query identity 3 has no image in the "
+                                                  r"gallery \(1 query images"),
+    ("query", ["img/b.jpg 2"], r"query images have cameras|gallery images have cameras"),
+    ("query", ["# nothing yet", ""], r"The query split .*query\.txt of the custom dataset has no usable image"),
+])
+def test_custom_list_errors_name_the_file_and_line(tmp_path, split, lines, message):
+    root = custom_lists(tmp_path, **{split: lines})
+    with pytest.raises(UsageError, match=message) as error:
+        datasets.create("custom", root, verbose=False)
+    assert str(tmp_path) in str(error.value) and "\n" not in str(error.value)
+
+
+def test_custom_query_identity_absent_from_gallery_folders(tmp_path):
+    write_custom(tmp_path, "identity folders")
+    write(tmp_path / "query" / "0099", ["lost.jpg"])
+    with pytest.raises(UsageError) as error:
+        datasets.create("custom", tmp_path, verbose=False)
+    assert str(error.value).startswith(f"{tmp_path / 'query' / '0099' / 'lost.jpg'}: the query identity 99 has no")
+
+
+def test_custom_layout_errors(tmp_path):
+    with pytest.raises(UsageError, match="does not exist; -d custom reads one of these forms"):
+        datasets.create("custom", tmp_path / "nowhere", verbose=False)
+    write(tmp_path / "train", ["0001_c1_01.jpg"])
+    with pytest.raises(UsageError, match=r"has none of the expected forms \(it contains: train\)"):
+        datasets.create("custom", tmp_path, verbose=False)
+    write_lines(tmp_path / "train.txt", ["train/0001_c1_01.jpg 1"])
+    with pytest.raises(UsageError, match=r"has list files but not .*query\.txt or .*gallery\.txt"):
+        datasets.create("custom", tmp_path, verbose=False)
+
+
+@pytest.mark.parametrize("pattern,message", [
+    (r"(?P<pid>\d+", r"--name-pattern '\(\?P<pid>\\\\d\+' is not a valid regular expression"),
+    (r"(?P<pid>\d+)_c(\d+)", r"has no named group camid"),
+])
+def test_custom_name_pattern_errors(market_root, pattern, message):
+    with pytest.raises(UsageError, match=message):
+        datasets.create("custom", market_root, name_pattern=pattern, verbose=False)
+
+
+def test_parse_test_dataset():
+    assert datasets.parse_test_dataset("market") == ("market", os.path.join("data", "market"))
+    assert datasets.parse_test_dataset("Market-1501:/data/Market-1501") == ("market", "/data/Market-1501")
+    assert datasets.parse_test_dataset("custom:C:/images") == ("custom", "C:/images")
+    assert datasets.parse_test_dataset("MSMT17_V2") == ("msmt17", os.path.join("data", "msmt17"))
+    with pytest.raises(UsageError, match=r"Unknown dataset 'viper' \(--test-dataset\)"):
+        datasets.parse_test_dataset("viper:data/viper")
+    with pytest.raises(UsageError, match="names no folder after the colon"):
+        datasets.parse_test_dataset("market:")
+
+
+# One short training and evaluation per new kind, on the tiny synthetic images in each layout -------------------
+
+def copy_items(dataset, place):
+    """Copy the synthetic dataset's images to ``place(split, index, pid, camid)`` (a path; a .png one gets
+    the image re-encoded as PNG)."""
+    for split in ("train", "query", "gallery"):
+        for index, (path, pid, camid) in enumerate(getattr(dataset, split)):
+            target = place(split, index, pid, camid)
+            os.makedirs(os.path.dirname(target), exist_ok=True)
+            with Image.open(path) as image:
+                image.save(target)
+
+
+def as_msmt17(dataset, root):
+    folder = os.path.join(root, "MSMT17_V1")
+    lists = {name: [] for name in ("list_train.txt", "list_val.txt", "list_query.txt", "list_gallery.txt")}
+    val_ids = set()
+
+    def place(split, index, pid, camid):
+        relative = f"{pid:04d}/{msmt_name(pid, index, camid + 1, index)}"
+        list_name = f"list_{split}.txt"
+        if split == "train" and pid not in val_ids:
+            val_ids.add(pid)
+            list_name = "list_val.txt"
+        lists[list_name].append(f"{relative} {pid}")
+        return os.path.join(folder, "train" if split == "train" else "test", relative)
+
+    copy_items(dataset, place)
+    for name, lines in lists.items():
+        write_lines(os.path.join(folder, name), lines)
+    return root
+
+
+def as_cuhk03np(dataset, root):
+    folders = {"train": "bounding_box_train", "query": "query", "gallery": "bounding_box_test"}
+    copy_items(dataset, lambda split, index, pid, camid: os.path.join(
+        root, "labeled", folders[split], f"{pid:04d}_c{camid % 2 + 1}_{index}.png"))
+    return root
+
+
+def as_identity_folders(dataset, root):
+    copy_items(dataset, lambda split, index, pid, camid: os.path.join(root, split, f"person{pid}", f"{index}.jpg"))
+    return root
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind,title,build", [("msmt17", "MSMT17_V1", as_msmt17),
+                                              ("cuhk03-np", "CUHK03-NP (labeled)", as_cuhk03np),
+                                              ("custom", "Custom (identity folders)", as_identity_folders)])
+def test_training_and_evaluation(tiny_synthetic, tiny_args, tmp_path, kind, title, build):
+    source = datasets.create("synthetic", tiny_synthetic, combine_trainval=True, verbose=False)
+    root = build(source, str(tmp_path / kind))
+    logs = tmp_path / "logs"
+    assert main.main(tiny_args(root, logs, "-d", kind, "--epochs", "1", "--num-val", "1")) == 0
+    log = (logs / "log.txt").read_text()
+    assert f"{title} dataset loaded" in log
+    assert "  val      |     1 |" in log and "  query    |     6 |        6" in log
+    results = json.loads((logs / "results.json").read_text())
+    assert results["dataset"] == kind and 0 < results["mAP"] <= 1 and 0 <= results["rank1"] <= 1
+    with open(logs / "metrics.csv") as handle:
+        assert next(csv.DictReader(handle))["eval_split"] == "val"
+
+
+@pytest.mark.slow
+def test_main_passes_cuhk03_and_name_pattern_to_the_loaders(tiny_synthetic, tiny_args, tmp_path, capsys):
+    """--cuhk03 and --name-pattern reach the loaders (an untrained model is evaluated: --epochs 0)."""
+    source = datasets.create("synthetic", tiny_synthetic, combine_trainval=True, verbose=False)
+    detected_only = as_cuhk03np(source, str(tmp_path / "cuhk03-np"))
+    os.rename(os.path.join(detected_only, "labeled"), os.path.join(detected_only, "detected"))
+    argv = tiny_args(detected_only, tmp_path / "cuhk", "-d", "cuhk03-np", "--cuhk03", "detected", "--epochs", "0")
+    assert main.main(argv) == 0
+    assert "CUHK03-NP (detected) dataset loaded" in capsys.readouterr().out
+    shop = tmp_path / "shop"
+    copy_items(source, lambda split, index, pid, camid: os.path.join(
+        shop, split, f"person{pid}-cam{camid + 1}-{index}.jpg"))
+    argv = tiny_args(shop, tmp_path / "shop-logs", "-d", "custom", "--epochs", "0",
+                     "--name-pattern", r"^person(?P<pid>\d+)-cam(?P<camid>\d+)-")
+    assert main.main(argv) == 0
+    assert table(capsys.readouterr().out)[2:5] == [row("train", 7, 50), row("val", 1, 7), row("query", 6, 6)]

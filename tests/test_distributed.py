@@ -13,9 +13,9 @@ import torch.multiprocessing as mp
 
 import main
 from reid import checkpoint, distributed
-from test_experiment import tiny_args as experiment_tiny_args
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+pytestmark = pytest.mark.slow  # end to end through main.py: `pytest -m "not slow"` skips them
 
 
 def torchrun(*args, processes=2, timeout=120):
@@ -24,27 +24,29 @@ def torchrun(*args, processes=2, timeout=120):
     return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
 
 
-def tiny_args(data_dir, logs_dir, *extra):
-    """test_experiment's tiny run on the CPU (gloo) over every training identity."""
-    return experiment_tiny_args(data_dir, logs_dir, "--combine-trainval", "--device", "cpu", *extra)
+@pytest.fixture(scope="session")
+def ddp_args(tiny_args):
+    """``tiny_args`` on the CPU (gloo) over every training identity."""
+    return lambda data_dir, logs_dir, *extra: tiny_args(data_dir, logs_dir, "--combine-trainval", "--device", "cpu",
+                                                        *extra)
 
 
 @pytest.fixture(scope="module")
-def ddp_run(tiny_synthetic, tmp_path_factory):
+def ddp_run(ddp_args, tiny_synthetic, tmp_path_factory):
     """One epoch with 2 processes and the identity sampler (per-process batch 8 = 4 ids x 2 images)."""
     logs = tmp_path_factory.mktemp("ddp")
-    result = torchrun(*tiny_args(tiny_synthetic, logs, "--epochs", "1", "--num-instances", "2"))
+    result = torchrun(*ddp_args(tiny_synthetic, logs, "--epochs", "1", "--num-instances", "2"))
     assert result.returncode == 0, result.stderr[-3000:]
     return logs, result
 
 
 @pytest.fixture(scope="module")
-def single_evaluation(ddp_run, tiny_synthetic, tmp_path_factory):
+def single_evaluation(ddp_args, ddp_run, tiny_synthetic, tmp_path_factory):
     """The DDP run's checkpoint evaluated by one process, with the CUDA-only flags given (ignored on CPU)."""
     logs = tmp_path_factory.mktemp("single")
     stdout = io.StringIO()
     with contextlib.redirect_stdout(stdout):
-        code = main.main(tiny_args(tiny_synthetic, logs, "--evaluate", "--resume",
+        code = main.main(ddp_args(tiny_synthetic, logs, "--evaluate", "--resume",
                                    str(ddp_run[0] / "checkpoint.pth.tar"), "--amp", "--channels-last",
                                    "--compile", "--sync-bn"))
     assert code == 0
@@ -88,9 +90,9 @@ def test_an_error_on_the_main_process_stops_the_other_promptly(tmp_path):
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
-def test_nccl_with_one_process_on_a_gpu(tiny_synthetic, tmp_path):
+def test_nccl_with_one_process_on_a_gpu(ddp_args, tiny_synthetic, tmp_path):
     """torchrun with one process forms an NCCL group and trains with DDP (two processes would need two GPUs)."""
-    result = torchrun(*tiny_args(tiny_synthetic, tmp_path, "--epochs", "1", "--device", "cuda", "--amp",
+    result = torchrun(*ddp_args(tiny_synthetic, tmp_path, "--epochs", "1", "--device", "cuda", "--amp",
                                  "--channels-last", "--sync-bn", "--cache-images", "-j", "2"), processes=1)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "on cuda:0" in result.stdout and (tmp_path / "results.json").is_file()

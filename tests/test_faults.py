@@ -23,11 +23,12 @@ from PIL import Image
 import main
 import single_features_cam
 import single_images_features_3
-from reid import checkpoint, data, datasets, evaluator, experiment, models, trainer, visualize
+from reid import checkpoint, data, datasets, evaluator, experiment, images, losses, maps, models, trainer
+from reid.datasets import synthetic
 from reid.errors import UsageError
-from test_experiment import tiny_args
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+pytestmark = pytest.mark.slow  # end to end through main.py: `pytest -m "not slow"` skips them
 SIZE = ["--height", "96", "--width", "32"]
 FEW_EXAMPLES = settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -99,8 +100,8 @@ def assert_same_run(expected_logs, logs):
 
 # Killed and interrupted runs ------------------------------------------------------------------------------
 
-def test_sigkill_mid_epoch_leaves_a_loadable_checkpoint_that_resumes(tiny_synthetic, tmp_path, capsys,
-                                                                      monkeypatch):
+def test_sigkill_mid_epoch_leaves_a_loadable_checkpoint_that_resumes(tiny_args, tiny_synthetic, tmp_path, capsys,
+                                                                     monkeypatch):
     logs = tmp_path / "logs"
     path = logs / "checkpoint.pth.tar"
     command = [sys.executable, "main.py", *tiny_args(tiny_synthetic, logs, "--epochs", "100", "--eval-freq", "1000")]
@@ -154,8 +155,17 @@ def test_a_kill_in_the_middle_of_a_checkpoint_write_keeps_the_previous_one(tmp_p
     assert saved["epoch"] == 1 and torch.equal(saved["weights"], torch.ones(1000))
 
 
-def test_interrupted_mid_epoch_and_resumed_equals_the_uninterrupted_run(tiny_synthetic, tmp_path, capsys,
-                                                                        monkeypatch):
+@pytest.fixture
+def python_sigint_handler():
+    """Python's own SIGINT handler during the test. A background job or a CI runner may start pytest with SIGINT
+    ignored, and ``StopRequest`` rightly keeps an ignored signal ignored; the test sends SIGINT itself."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
+def test_interrupted_mid_epoch_and_resumed_equals_the_uninterrupted_run(tiny_args, tiny_synthetic, tmp_path, capsys,
+                                                                        monkeypatch, python_sigint_handler):
     """SIGTERM/SIGINT at several points of a 2-epoch run (3 steps an epoch): after a first step, after the
     last step of an epoch (the run then stops at the end of that epoch), in the second epoch, during the last
     evaluation. Each run resumes from the checkpoint the previous one left, and the last one ends with the
@@ -192,8 +202,8 @@ def test_interrupted_mid_epoch_and_resumed_equals_the_uninterrupted_run(tiny_syn
     assert_same_run(tmp_path / "whole", logs)
 
 
-def test_a_mid_epoch_resume_with_loader_workers_replays_the_same_augmentations(tiny_synthetic, tmp_path, capsys,
-                                                                              monkeypatch):
+def test_a_mid_epoch_resume_with_loader_workers_replays_the_same_augmentations(tiny_args, tiny_synthetic, tmp_path,
+                                                                               capsys, monkeypatch):
     """With -j 1 the random flips are drawn in a worker process: each image's augmentation seed comes from the
     sampler, so the steps after a mid-epoch resume see the same flips as in the uninterrupted run."""
     def argv(logs, *extra):
@@ -217,7 +227,7 @@ STRAY_FILES = ("Thumbs.db", "notes.txt", "0001_c1.jpg")
 
 
 @pytest.fixture(scope="module")
-def earlier_run(tiny_synthetic, tmp_path_factory):
+def earlier_run(tiny_args, tiny_synthetic, tmp_path_factory):
     """One epoch trained on a copy of the tiny dataset holding a grayscale JPEG, an RGBA PNG and three files
     outside the naming scheme: (dataset root, logs folder). Tests copy the logs before resuming from them."""
     root = tmp_path_factory.mktemp("earlier") / "data"
@@ -261,8 +271,8 @@ def first_image_of_epoch_two(root):
 
 
 @pytest.mark.parametrize("damage,workers", [("empty", "0"), ("truncated", "1"), ("text", "0")])
-def test_an_unreadable_image_stops_training_naming_it_and_keeps_the_checkpoint(earlier_run, tmp_path, capsys,
-                                                                                monkeypatch, damage, workers):
+def test_an_unreadable_image_stops_training_naming_it_and_keeps_the_checkpoint(tiny_args, earlier_run, tmp_path, capsys,
+                                                                               monkeypatch, damage, workers):
     root, logs = resumable_copy(earlier_run, tmp_path)
     data_copy = tmp_path / "data"
     shutil.copytree(root, data_copy)
@@ -282,8 +292,8 @@ def test_an_unreadable_image_stops_training_naming_it_and_keeps_the_checkpoint(e
     assert "Epoch 1/1" in (logs / "log.txt").read_text()
 
 
-def test_an_unreadable_gallery_image_with_workers_is_named_without_a_worker_traceback(earlier_run, tmp_path,
-                                                                                       capsys, monkeypatch):
+def test_an_unreadable_gallery_image_with_workers_is_named_without_a_worker_traceback(tiny_args, earlier_run, tmp_path,
+                                                                                      capsys, monkeypatch):
     root, logs = resumable_copy(earlier_run, tmp_path)
     data_copy = tmp_path / "data"
     shutil.copytree(root, data_copy)
@@ -296,21 +306,21 @@ def test_an_unreadable_gallery_image_with_workers_is_named_without_a_worker_trac
     assert "DataLoader worker" not in err
 
 
-def test_a_non_finite_loss_names_the_epoch_and_step_and_keeps_the_last_checkpoint(earlier_run, tmp_path, capsys,
-                                                                                   monkeypatch):
+def test_a_non_finite_loss_names_the_epoch_and_step_and_keeps_the_last_checkpoint(tiny_args, earlier_run, tmp_path,
+                                                                                  capsys, monkeypatch):
     root, logs = resumable_copy(earlier_run, tmp_path)
     path = logs / "checkpoint.pth.tar"
     before = path.read_bytes()
 
-    class DivergingLoss(experiment.DeepSupervisionLoss):
+    class DivergingLoss(losses.DeepSupervisionLoss):
         calls = 0
 
         def forward(self, logits, targets):
             DivergingLoss.calls += 1
             loss = super().forward(logits, targets)
-            return loss * float("nan") if DivergingLoss.calls == 2 else loss
+            return loss._replace(total=loss.total * float("nan")) if DivergingLoss.calls == 2 else loss
 
-    monkeypatch.setattr(experiment, "DeepSupervisionLoss", DivergingLoss)
+    monkeypatch.setattr(experiment, "build_criterion", lambda train_config: DivergingLoss())
     code, _, err = run_main(capsys, monkeypatch, tiny_args(root, logs, "--epochs", "3", "--resume", str(path)))
     assert_clean_error(code, err, "The loss became nan at epoch 2, step 2", "lower --lr",
                        f"The last checkpoint, {path} (end of epoch 1), is intact")
@@ -318,7 +328,7 @@ def test_a_non_finite_loss_names_the_epoch_and_step_and_keeps_the_last_checkpoin
     assert [row["epoch"] for row in metrics_rows(logs)] == ["1"]
 
 
-def test_a_full_disk_keeps_the_previous_checkpoint(earlier_run, tmp_path, capsys, monkeypatch):
+def test_a_full_disk_keeps_the_previous_checkpoint(tiny_args, earlier_run, tmp_path, capsys, monkeypatch):
     """The disk fills up during epoch 2: log.txt cannot grow (it points at /dev/full), then the checkpoint
     write fails; the run says so clearly and the epoch-1 checkpoint and metrics stay as they were."""
     root, logs = resumable_copy(earlier_run, tmp_path)
@@ -370,8 +380,8 @@ def malicious(tmp_path):
 
 
 @pytest.mark.parametrize("extra", [[], ["--evaluate"]])
-def test_main_refuses_a_malicious_checkpoint_without_running_it(tiny_synthetic, tmp_path, capsys, monkeypatch,
-                                                                 malicious, extra):
+def test_main_refuses_a_malicious_checkpoint_without_running_it(tiny_args, tiny_synthetic, tmp_path, capsys,
+                                                                monkeypatch, malicious, extra):
     argv = tiny_args(tiny_synthetic, tmp_path / "logs", "--epochs", "2", "--resume", malicious["checkpoint"],
                      *extra)
     code, _, err = run_main(capsys, monkeypatch, argv)
@@ -400,8 +410,7 @@ def harmless(tmp_path_factory):
     (single_features_cam, ["--image", "{npy}", "--checkpoint", "{good}"]),
 ], ids=["features --checkpoint", "features --compare", "features --image npy", "features --correlation",
         "cam --checkpoint", "cam --image npy"])
-def test_feature_tools_refuse_malicious_files_without_running_them(tool, argv, malicious, harmless, tmp_path,
-                                                                   capsys):
+def test_feature_tools_refuse_malicious_files_without_running_them(tool, argv, malicious, harmless, tmp_path, capsys):
     values = {**harmless, **malicious}
     argv = [part.format(**values) for part in argv] + ["--out", str(tmp_path / "out")]
     if "--correlation" not in argv:
@@ -420,7 +429,8 @@ def test_feature_tools_refuse_malicious_files_without_running_them(tool, argv, m
     ("layout", "has no sub-folder query (it contains: bounding_box_test, bounding_box_train, queries)"),
     ("empty split", "has no usable image (1 files with other names were ignored)"),
 ])
-def test_dataset_problems_are_one_clear_message(tiny_synthetic, tmp_path, capsys, monkeypatch, case, expected):
+def test_dataset_problems_are_one_clear_message(tiny_args, tiny_synthetic, tmp_path, capsys, monkeypatch, case,
+                                                expected):
     root = tmp_path / "Market-1501"
     if case == "file":
         root.write_text("not a folder")
@@ -446,14 +456,27 @@ def test_dataset_problems_are_one_clear_message(tiny_synthetic, tmp_path, capsys
     (["-j", "-1"], "-j/--workers must be 0 or more"),
     (["--lr", "0"], "--lr must be positive"),
     (["-a", "resnet9"], "Unknown architecture 'resnet9'"),
+    (["-b", "1"], "-b/--batch-size must be at least 2 for training"),
+    (["--momentum", "-0.9"], "--momentum must be a finite number, 0 or more"),
+    (["--weight-decay=-1e-4"], "--weight-decay must be a finite number, 0 or more"),
+    (["--lr", "nan"], "--lr must be a finite number"),
+    (["--lr", "inf"], "--lr must be a finite number"),
+    (["--part-weight", "nan"], "--part-weight must be a finite number"),
+    (["--ds-weight", "inf"], "--ds-weight must be a finite number"),
+    (["--seed", str(2**70)], "--seed must be in [0, 2**32)"),
+    (["--device", "gpu"], "Unknown --device 'gpu'"),
+    (["--visrank", "-1"], "--visrank must be 0 or more"),
+    (["--height", "100000"], "--height 100000 is larger than 4096 pixels"),
+    (["--test-dataset", "imagenet"], "Unknown dataset 'imagenet'"),
 ])
-def test_impossible_flags_are_one_clear_message(tiny_synthetic, tmp_path, capsys, monkeypatch, flags, expected):
+def test_impossible_flags_are_one_clear_message(tiny_args, tiny_synthetic, tmp_path, capsys, monkeypatch, flags,
+                                                expected):
     code, _, err = run_main(capsys, monkeypatch, tiny_args(tiny_synthetic, tmp_path / "logs", "--epochs", "1",
                                                            *flags))
     assert_clean_error(code, err, expected)
 
 
-def test_a_checkpoint_of_another_architecture(earlier_run, tmp_path, capsys, monkeypatch):
+def test_a_checkpoint_of_another_architecture(tiny_args, earlier_run, tmp_path, capsys, monkeypatch):
     """-a is overridden by the checkpoint's own architecture (with a note); a checkpoint whose weights do not
     fit its recorded architecture is refused, naming the first tensor that differs."""
     root, logs = earlier_run
@@ -464,9 +487,10 @@ def test_a_checkpoint_of_another_architecture(earlier_run, tmp_path, capsys, mon
     assert code == 0, err
     assert "note: using the checkpoint's model settings: arch=resnet18" in out
     saved = checkpoint.load(path)
-    saved["arch"] = "resnet34"
+    saved["model_config"]["arch"] = "resnet34"
     torch.save(saved, tmp_path / "mislabelled.pth.tar")
     argv[argv.index("--resume") + 1] = str(tmp_path / "mislabelled.pth.tar")
+    argv[argv.index("--logs-dir") + 1] = str(tmp_path / "mislabelled")
     code, _, err = run_main(capsys, monkeypatch, argv)
     assert_clean_error(code, err, "does not fit the model being built (resnet34", "Use the same -a/--arch")
 
@@ -481,20 +505,20 @@ UINT8_IMAGES = hnp.arrays(np.uint8, st.tuples(IMAGE_SIDES, IMAGE_SIDES, st.just(
 @given(UINT8_IMAGES)
 def test_any_uint8_image_round_trips_in_both_layouts(hwc):
     expected = torch.from_numpy(np.ascontiguousarray(hwc.transpose(2, 0, 1)))
-    assert torch.equal(visualize.image_from_array(hwc, "hwc"), expected)
+    assert torch.equal(images.image_from_array(hwc, "hwc"), expected)
     chw = np.ascontiguousarray(hwc.transpose(2, 0, 1))
     if hwc.shape[1] != 3:  # a 3 x H x 3 array is read as H x W x 3, the layout --to-npy writes
-        assert torch.equal(visualize.image_from_array(chw, "chw"), expected)
+        assert torch.equal(images.image_from_array(chw, "chw"), expected)
 
 
 @FEW_EXAMPLES
 @given(UINT8_IMAGES, st.sampled_from([np.float16, np.float32, np.float64]))
 def test_floats_in_0_1_and_0_255_map_to_the_same_pixels(hwc, dtype):
     assume(hwc.max() > 1)  # an image of only 0s and 1s in [0, 255] is indistinguishable from one in [0, 1]
-    expected = visualize.image_from_array(hwc, "uint8")
+    expected = images.image_from_array(hwc, "uint8")
     scaled = (hwc / 255.0).astype(dtype)
-    assert torch.equal(visualize.image_from_array(scaled, "[0, 1]"), expected)
-    assert torch.equal(visualize.image_from_array(hwc.astype(dtype), "[0, 255]"), expected)
+    assert torch.equal(images.image_from_array(scaled, "[0, 1]"), expected)
+    assert torch.equal(images.image_from_array(hwc.astype(dtype), "[0, 255]"), expected)
 
 
 ANY_DTYPE = st.sampled_from([np.uint8, np.int8, np.int16, np.int32, np.int64, np.uint16, np.bool_, np.float16,
@@ -506,13 +530,12 @@ ANY_SHAPE = hnp.array_shapes(min_dims=0, max_dims=5, min_side=0, max_side=5)
 @given(hnp.arrays(ANY_DTYPE, ANY_SHAPE))
 def test_any_array_loads_as_an_rgb_image_or_is_refused_with_a_usage_error(array):
     try:
-        image = visualize.image_from_array(array, "array.npy")
+        image = images.image_from_array(array, "array.npy")
     except UsageError as error:
         assert "array.npy" in str(error)
         return
-    assert array.ndim == 3 and 3 in (array.shape[0], array.shape[-1])
-    assert image.dtype == torch.uint8 and image.shape[0] == 3 and image.shape[1:] == (
-        array.shape[:2] if array.shape[-1] == 3 else array.shape[1:])
+    assert image.dtype == torch.uint8 and image.shape[0] == 3
+    assert image.shape[1:] in (array.shape, array.shape[:2], array.shape[1:])
 
 
 @pytest.fixture(scope="module")
@@ -542,7 +565,7 @@ def test_any_bytes_in_an_npy_file_load_or_give_a_usage_error(scratch, content):
     path = str(scratch / "image.npy")
     with open(path, "wb") as handle:
         handle.write(content)
-    for load in (visualize.load_image, visualize.load_feature_map):
+    for load in (images.load_image, maps.load_feature_map):
         try:
             load(path)
         except UsageError as error:
@@ -553,7 +576,7 @@ def test_any_bytes_in_an_npy_file_load_or_give_a_usage_error(scratch, content):
 def test_an_npy_header_claiming_a_huge_array_is_refused(tmp_path, shape):
     path = tmp_path / "huge.npy"
     path.write_bytes(npy_header("|u1", shape) + bytes(48))
-    for load in (visualize.load_image, visualize.load_feature_map):
+    for load in (images.load_image, maps.load_feature_map):
         with pytest.raises(UsageError, match="huge.npy"):
             load(str(path))
 
@@ -573,3 +596,194 @@ def test_any_bytes_as_a_checkpoint_load_or_give_a_usage_error(scratch, content):
         checkpoint.load(path)
     except UsageError as error:
         assert path in str(error) and "\x1b" not in str(error)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without CUDA")
+def test_device_cuda_without_a_gpu_is_one_clear_message(tiny_args, tiny_synthetic, tmp_path, capsys, monkeypatch):
+    code, _, err = run_main(capsys, monkeypatch, tiny_args(tiny_synthetic, tmp_path / "logs", "--device", "cuda"))
+    assert_clean_error(code, err, "--device cuda: this machine has no CUDA GPU")
+
+
+def test_parts_too_many_for_the_default_height_is_refused_before_loading(tiny_args, tiny_synthetic, tmp_path, capsys,
+                                                                         monkeypatch):
+    argv = tiny_args(tiny_synthetic, tmp_path / "logs", "--epochs", "1", "--parts", "30")
+    at = argv.index("--height")
+    del argv[at:at + 2]
+    code, _, err = run_main(capsys, monkeypatch, argv)
+    assert_clean_error(code, err, "input height 384 is too small for --parts 30", "480 pixels")
+    assert not (tmp_path / "logs" / "checkpoint.pth.tar").exists()
+
+
+# A finished run is never replaced without being asked --------------------------------------------------------
+
+def test_a_second_run_into_the_same_logs_folder_is_refused_and_the_first_is_intact(tiny_args, earlier_run, tmp_path,
+                                                                                   capsys, monkeypatch):
+    root, logs = resumable_copy(earlier_run, tmp_path)
+    before = {name: (logs / name).read_bytes() for name in os.listdir(logs)}
+    for extra in ([], ["--evaluate", "--resume", str(earlier_run[1] / "checkpoint.pth.tar")]):
+        code, _, err = run_main(capsys, monkeypatch, tiny_args(root, logs, "--epochs", "1", *extra))
+        assert_clean_error(code, err, f"The logs folder {logs}", "already holds a run", "--resume",
+                           "another --logs-dir", "--overwrite")
+        assert {name: (logs / name).read_bytes() for name in os.listdir(logs)} == before
+    code, out, err = run_main(capsys, monkeypatch, tiny_args(root, logs, "--epochs", "1", "--resume",
+                                                             str(logs / "checkpoint.pth.tar")))
+    assert code == 0, err
+    code, _, err = run_main(capsys, monkeypatch, tiny_args(root, logs, "--epochs", "1", "--overwrite"))
+    assert code == 0, err
+    assert (logs / "checkpoint.pth.tar").read_bytes() != before["checkpoint.pth.tar"]
+
+
+# Evaluations that cannot be scored, and evaluation errors after training ------------------------------------
+
+def test_a_test_split_without_valid_queries_is_refused_before_training(tiny_args, tiny_synthetic, tmp_path, capsys,
+                                                                       monkeypatch):
+    root = tmp_path / "data"
+    shutil.copytree(tiny_synthetic, root)
+    query_ids = {name.split("_")[0] for name in os.listdir(root / "query")}
+    for name in os.listdir(root / "bounding_box_test"):
+        if name.split("_")[0] in query_ids:
+            os.remove(root / "bounding_box_test" / name)
+    code, _, err = run_main(capsys, monkeypatch, tiny_args(root, tmp_path / "logs", "--epochs", "1"))
+    assert_clean_error(code, err, "test split (query/gallery) of synthetic", "cannot be scored",
+                       "no query has an image of its identity from another camera")
+    assert not (tmp_path / "logs" / "checkpoint.pth.tar").exists()
+
+
+def test_a_validation_split_without_valid_queries_suggests_combine_trainval(tiny_args, tmp_path, capsys, monkeypatch):
+    root = tmp_path / "data"
+    synthetic.generate(root, num_train_ids=6, num_test_ids=4, num_cameras=2, images_per_camera=1, height=64,
+                       width=32, seed=0)
+    code, _, err = run_main(capsys, monkeypatch, tiny_args(root, tmp_path / "logs", "-b", "4", "--epochs", "1"))
+    assert_clean_error(code, err, "validation split of synthetic", "--combine-trainval")
+
+
+def test_an_evaluation_error_after_an_epoch_keeps_that_epoch(tiny_args, tiny_synthetic, tmp_path, capsys,
+                                                             monkeypatch):
+    def unreadable(*args, **kwargs):
+        raise UsageError("Cannot read the image gallery/x.jpg: broken.")
+
+    monkeypatch.setattr(evaluator, "evaluate", unreadable)
+    logs = tmp_path / "logs"
+    code, _, err = run_main(capsys, monkeypatch, tiny_args(tiny_synthetic, logs, "--epochs", "2"))
+    assert_clean_error(code, err, "Cannot read the image gallery/x.jpg",
+                       f"The last checkpoint, {logs / 'checkpoint.pth.tar'} (end of epoch 1), is intact")
+    assert checkpoint.read(str(logs / "checkpoint.pth.tar")).epoch == 1
+
+
+# Malformed checkpoints ---------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("damage,expected", [
+    ("tensor", "holds a Tensor, not a checkpoint"),
+    ("string epoch", "its 'epoch' is '1', not a count"),
+    ("zero classes", "its model has 0 classes"),
+    ("no model", "it has no 'model' entry"),
+])
+def test_malformed_checkpoints_are_one_clear_message(tiny_args, earlier_run, tmp_path, capsys, monkeypatch, damage,
+                                                     expected):
+    root, logs = earlier_run
+    saved = checkpoint.load(str(logs / "checkpoint.pth.tar"))
+    if damage == "tensor":
+        saved = torch.ones(3)
+    elif damage == "string epoch":
+        saved["epoch"] = "1"
+    elif damage == "zero classes":
+        saved["model_config"]["num_classes"] = 0
+    else:
+        del saved["model"]
+    path = tmp_path / "damaged.pth.tar"
+    torch.save(saved, path)
+    for extra in (["--evaluate"], ["--epochs", "2"]):
+        code, _, err = run_main(capsys, monkeypatch, tiny_args(root, tmp_path / "logs", "--resume", str(path),
+                                                               *extra))
+        assert_clean_error(code, err, str(path), expected)
+
+
+def test_nan_weights_are_refused_for_evaluation(tiny_args, earlier_run, tmp_path, capsys, monkeypatch):
+    root, logs = earlier_run
+    saved = checkpoint.load(str(logs / "checkpoint.pth.tar"))
+    key = next(key for key, value in saved["model"].items() if value.is_floating_point())
+    saved["model"][key] = torch.full_like(saved["model"][key], float("nan"))
+    torch.save(saved, tmp_path / "nan.pth.tar")
+    code, _, err = run_main(capsys, monkeypatch, tiny_args(root, tmp_path / "logs", "--evaluate", "--resume",
+                                                           str(tmp_path / "nan.pth.tar")))
+    assert_clean_error(code, err, "holds NaN or infinite weights", key)
+
+
+@pytest.mark.parametrize("flags,expected", [
+    (["-b", "8", "--epochs", "2"], "resume it with -b 16"),
+    (["--epochs", "1"], "Resume with --epochs 2 or more"),
+])
+def test_a_mid_epoch_checkpoint_is_resumed_only_as_it_was_trained(tiny_args, earlier_run, tmp_path, capsys,
+                                                                  monkeypatch, flags, expected):
+    root, logs = resumable_copy(earlier_run, tmp_path)
+    saved = checkpoint.load(str(logs / "checkpoint.pth.tar"))
+    saved["step"] = 1
+    saved["partial"] = {"loss": 1.0, "accuracy": 0.0, "steps": 1, "images": 16, "seconds": 1.0}
+    torch.save(saved, logs / "mid-epoch.pth.tar")
+    code, _, err = run_main(capsys, monkeypatch, tiny_args(root, logs, "--resume", str(logs / "mid-epoch.pth.tar"),
+                                                           *flags))
+    assert_clean_error(code, err, "in the middle of epoch 2", expected)
+
+
+# Faults of the machine ---------------------------------------------------------------------------------------
+
+def test_a_loader_worker_killed_by_the_system_is_one_clear_message(tiny_args, earlier_run, tmp_path, capsys,
+                                                                   monkeypatch):
+    """The kernel's OOM killer sends SIGKILL to a worker: simulated by a worker that kills itself."""
+    root, logs = resumable_copy(earlier_run, tmp_path)
+    real_getitem = data.ReidImages.__getitem__
+
+    def killed_in_a_worker(self, key):
+        if torch.utils.data.get_worker_info() is not None:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return real_getitem(self, key)
+
+    monkeypatch.setattr(data.ReidImages, "__getitem__", killed_in_a_worker)
+    argv = tiny_args(root, logs, "--epochs", "2", "--resume", str(logs / "checkpoint.pth.tar"))
+    argv[argv.index("-j") + 1] = "1"
+    code, _, err = run_main(capsys, monkeypatch, argv)
+    assert_clean_error(code, err, "A data-loading worker process was killed", "lower -j/--workers",
+                       "(end of epoch 1), is intact")
+
+
+def test_the_logs_folder_deleted_during_training_is_one_clear_message(tiny_args, tiny_synthetic, tmp_path, capsys,
+                                                                      monkeypatch):
+    logs = tmp_path / "logs"
+    real_row = experiment._epoch_row
+
+    def delete_the_folder(*args):
+        shutil.rmtree(logs)
+        return real_row(*args)
+
+    monkeypatch.setattr(experiment, "_epoch_row", delete_the_folder)
+    code, _, err = run_main(capsys, monkeypatch, tiny_args(tiny_synthetic, logs, "--epochs", "1"))
+    assert_clean_error(code, err, f"Could not write the checkpoint {logs / 'checkpoint.pth.tar'}")
+
+
+def test_a_data_folder_whose_name_is_not_utf8_trains(tiny_args, tiny_synthetic, tmp_path):
+    root = os.path.join(os.fsencode(tmp_path), b"caf\xe9-data")
+    shutil.copytree(os.fsencode(tiny_synthetic), root)
+    argv = tiny_args(os.fsdecode(root), tmp_path / "logs", "--epochs", "1", "--combine-trainval")
+    result = subprocess.run([sys.executable, "main.py", *argv], cwd=ROOT, capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "Traceback" not in result.stderr
+    assert json.loads((tmp_path / "logs" / "results.json").read_text())["epochs"] == 1
+
+
+def test_the_resume_command_under_torchrun_uses_logs_dir(monkeypatch):
+    """torchrun's own parser takes --log as an abbreviation of its options and stops; the printed command must
+    not contain it."""
+    monkeypatch.setattr(experiment.distributed, "is_distributed", lambda: True)
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    stop = stop_request("SIGTERM")
+    message = str(experiment._interrupted(stop, "after epoch 1", "logs/x/checkpoint.pth.tar",
+                                          ["main.py", "-d", "market", "--log", "logs/x", "--resume", "old"]))
+    assert "torchrun --nproc_per_node=2 main.py -d market --logs-dir logs/x --resume logs/x/checkpoint.pth.tar" \
+        in message
+
+
+def stop_request(signal_name):
+    stop = experiment.StopRequest()
+    stop.signal_name = signal_name
+    return stop

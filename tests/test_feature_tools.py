@@ -233,7 +233,7 @@ def test_a_bad_dpi_is_refused(files, capsys):
 
 
 def test_command_line_exit_code_without_traceback(tmp_path):
-    np.save(tmp_path / "flat.npy", np.zeros((8, 8), np.uint8))
+    np.save(tmp_path / "flat.npy", np.zeros((8, 8, 5), np.uint8))
     result = subprocess.run([sys.executable, "single_images_features_3.py", "--image", str(tmp_path / "flat.npy")],
                             cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert result.returncode == 2
@@ -277,7 +277,7 @@ def test_sample_features_dry_run_runs_each_tool_on_the_demo_model(tmp_path):
     ]
     evaluation = [line for line in lines if " main.py " in line]
     assert len(evaluation) == 1 and evaluation[0].startswith(f"{python} main.py -d synthetic --data-dir data/synthetic")
-    assert evaluation[0].endswith(f"--evaluate --resume {best} --visrank 5 --logs-dir {tmp_path}/eval")
+    assert evaluation[0].endswith(f"--evaluate --resume {best} --visrank 5 --logs-dir {tmp_path}/eval --overwrite")
     assert any(line.startswith(f"for figure in $(ls {tmp_path}/eval/visrank/*.png | head -n 2)") for line in lines)
     assert lines[-1] == f"cp {tmp_path}/demo/curves.png {out}/demo_curves.png"
 

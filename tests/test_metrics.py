@@ -1,4 +1,7 @@
 """reid.metrics against plain, step-by-step reference implementations written here."""
+import tracemalloc
+from functools import partial
+
 import numpy as np
 import pytest
 import torch
@@ -254,3 +257,325 @@ def test_re_rank_matches_direct_implementation(k1, k2, lambda_value):
     assert isinstance(from_numpy, np.ndarray) and torch.is_tensor(from_torch)
     np.testing.assert_allclose(from_numpy, expected, rtol=0, atol=1e-5)
     np.testing.assert_allclose(from_torch.numpy(), expected, rtol=0, atol=1e-5)
+
+
+# Bounded-memory evaluation (issue 18) ---------------------------------------------------------------------------
+
+def labelled_features(seed, num_query, num_gallery, dim=8, num_ids=20, num_cameras=4, noise=0.8, integer=False):
+    """(query features, gallery features, q_pids, g_pids, q_camids, g_camids): ids with a centre each, images
+    scattered around it. ``integer`` features are small integers, so every distance is computed exactly and
+    ties are frequent."""
+    generator = torch.Generator().manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    q_pids, g_pids = rng.integers(0, num_ids, num_query), rng.integers(0, num_ids + 2, num_gallery)
+    q_camids, g_camids = rng.integers(0, num_cameras, num_query), rng.integers(0, num_cameras, num_gallery)
+    centres = torch.randn(num_ids + 2, dim, generator=generator)
+
+    def features(pids):
+        values = centres[pids] + noise * torch.randn(len(pids), dim, generator=generator)
+        return (values * 2).round() if integer else values
+
+    return features(q_pids), features(g_pids), q_pids, g_pids, q_camids, g_camids
+
+
+def assert_same_results(result, expected):
+    """Equal retrieval_metrics results (the distances aside), bit for bit."""
+    assert {key: value for key, value in result.items() if key != "distances"} == \
+           {key: value for key, value in expected.items() if key != "distances"}
+
+
+def metrics_of_matrix(distances, *labels):
+    ranking = metrics.evaluate_rank(distances, *labels, max_rank=10)
+    views = metrics.cmc_views(distances, *labels, topk=10)
+    return {"rank1": float(ranking["cmc"][0]), "rank5": float(ranking["cmc"][4]),
+            "rank10": float(ranking["cmc"][9]), "mAP": float(ranking["mAP"]), "mINP": float(ranking["mINP"]),
+            "num_valid_queries": ranking["num_valid_queries"],
+            "cmc_views": {name: [float(v) for v in curve] for name, curve in views.items()}}
+
+
+@pytest.mark.parametrize("metric", ["euclidean", "cosine"])
+@pytest.mark.parametrize("chunk_size", [4096, 37, 1])
+def test_retrieval_metrics_equal_the_matrix_functions(metric, chunk_size):
+    query, gallery, *labels = labelled_features(0, 90, 400, num_ids=30)
+    result = metrics.retrieval_metrics(query, gallery, *labels, metric=metric, keep_distances=True,
+                                       chunk_size=chunk_size)
+    distances = metrics.pairwise_distance(query, gallery, metric=metric, chunk_size=chunk_size)
+    assert torch.equal(result["distances"], distances)
+    assert_same_results(result, metrics_of_matrix(distances, *labels))
+    assert metrics.retrieval_metrics(query, gallery, *labels, metric=metric, chunk_size=chunk_size)["distances"] \
+        is None
+
+
+def test_block_sizes_do_not_change_the_metrics(monkeypatch):
+    """With exact (integer) distances every way of blocking the work gives the same results, bit for bit."""
+    query, gallery, *labels = labelled_features(1, 120, 500, num_ids=25, integer=True)
+    expected = metrics.retrieval_metrics(query, gallery, *labels)
+    for chunk_size in (1, 7, 64, 119):
+        assert_same_results(metrics.retrieval_metrics(query, gallery, *labels, chunk_size=chunk_size), expected)
+    distances = metrics.pairwise_distance(query, gallery)
+    monkeypatch.setattr(metrics, "_MATRIX_BLOCK_ELEMENTS", 3 * 500 + 17)
+    assert_same_results(metrics_of_matrix(distances, *labels), expected)
+    monkeypatch.setattr(metrics, "_TILE_ELEMENTS", 33 * 8)
+    assert_same_results(metrics.retrieval_metrics(query.half(), gallery.half(), *labels, chunk_size=9), expected)
+
+
+def reference_cuhk03_view(distmat, q_pids, g_pids, q_camids, g_camids, topk, seed, chunk_elements, repeats=10):
+    """The cuhk03 view as reid.metrics computed it before issue 18, camera by camera on the whole matrix."""
+    rng = np.random.default_rng(seed)
+    hits = np.zeros(topk)
+    num_valid = 0
+    for camera in np.unique(q_camids):
+        other_cameras = np.flatnonzero(g_camids != camera)
+        if len(other_cameras) == 0:
+            continue
+        order = np.argsort(g_pids[other_cameras], kind="stable")
+        ids, starts, sizes = np.unique(g_pids[other_cameras][order], return_index=True, return_counts=True)
+        order = other_cameras[order]
+        queries = np.flatnonzero(q_camids == camera)
+        slots = np.minimum(np.searchsorted(ids, q_pids[queries]), len(ids) - 1)
+        has_match = ids[slots] == q_pids[queries]
+        queries, slots = queries[has_match], slots[has_match]
+        num_valid += len(queries)
+        chunk_rows = max(1, chunk_elements // len(ids))
+        for start in range(0, len(queries), chunk_rows):
+            chunk, chunk_slots = queries[start:start + chunk_rows], slots[start:start + chunk_rows]
+            rows, row_index = distmat[chunk], np.arange(len(chunk))
+            for _ in range(repeats):
+                drawn = order[starts + rng.integers(0, sizes, size=(len(chunk), len(ids)))]
+                drawn_distances = rows[row_index[:, None], drawn]
+                match = drawn[row_index, chunk_slots][:, None]
+                match_distance = drawn_distances[row_index, chunk_slots][:, None]
+                before = (drawn_distances < match_distance) | ((drawn_distances == match_distance) & (drawn < match))
+                ranks = before.sum(axis=1)
+                hits += np.bincount(ranks[ranks < topk], minlength=topk) / repeats
+    return np.cumsum(hits) / num_valid
+
+
+@pytest.mark.parametrize("integer", [False, True])
+def test_streamed_cuhk03_view_equals_the_camera_by_camera_reference(monkeypatch, integer):
+    """The draws are made in the reference's order although the rows arrive in query order, in blocks that
+    straddle its chunks (many chunks per camera here)."""
+    query, gallery, *labels = labelled_features(2, 150, 300, num_ids=40, num_cameras=5, integer=integer)
+    monkeypatch.setattr(metrics, "_SINGLE_SHOT_ELEMENTS", 200)
+    distances = metrics.pairwise_distance(query, gallery)
+    expected = reference_cuhk03_view(distances.numpy(), *labels, topk=10, seed=3, chunk_elements=200)
+    for chunk_size in (150, 23, 1):
+        monkeypatch.setattr(metrics, "_MATRIX_BLOCK_ELEMENTS", chunk_size * 300)
+        np.testing.assert_array_equal(metrics.cmc_views(distances, *labels, topk=10, seed=3)["cuhk03"], expected)
+
+
+def test_float16_features_are_ranked_by_float32_distances(monkeypatch):
+    query, gallery, *labels = labelled_features(3, 60, 250)
+    query, gallery = query.half(), gallery.half()
+    distances = metrics.pairwise_distance(query.float(), gallery.float())
+    assert_same_results(metrics.retrieval_metrics(query, gallery, *labels), metrics_of_matrix(distances, *labels))
+    monkeypatch.setattr(metrics, "_TILE_ELEMENTS", 16 * 8)
+    for metric in ("euclidean", "cosine"):
+        tiled = metrics.pairwise_distance(query, gallery, metric=metric, chunk_size=13)
+        torch.testing.assert_close(tiled, metrics.pairwise_distance(query.float(), gallery.float(), metric=metric),
+                                   rtol=0, atol=1e-5)
+
+
+def test_unknown_metric_is_refused_before_any_work():
+    with pytest.raises(ValueError, match="unknown metric"):
+        metrics.distance_blocks(torch.zeros(1, 2), torch.zeros(1, 2), metric="manhattan")
+    with pytest.raises(ValueError, match="unknown metric"):
+        metrics.re_ranked_blocks(torch.zeros(1, 2), torch.zeros(1, 2), metric="manhattan")
+
+
+# The joint-matrix re-ranking that reid.metrics.re_rank was before issue 18, kept as the reference the bounded
+# one is checked against. One change: neighbours are taken by a stable sort (ties by index) where the original
+# took torch.topk's arbitrary order among ties.
+
+def reference_re_rank(q_g_dist, q_q_dist, g_g_dist, k1=20, k2=6, lambda_value=0.3):
+    q_g = torch.as_tensor(q_g_dist).to(torch.float32)
+    q_q = torch.as_tensor(q_q_dist).to(torch.float32)
+    g_g = torch.as_tensor(g_g_dist).to(torch.float32)
+    num_query = len(q_g)
+    original = torch.cat([torch.cat([q_q.T, q_g], dim=1), torch.cat([q_g.T, g_g.T], dim=1)]).pow_(2)
+    original.div_(original.max(dim=1, keepdim=True).values)
+    count = min(max(k1 + 1, k2), len(original))
+    neighbours = torch.sort(original, dim=1, stable=True).indices[:, :count]
+    weights = _reference_k_reciprocal_weights(original, neighbours, k1)
+    if k2 != 1:
+        weights = _reference_expand_queries(weights, neighbours[:, :k2])
+    jaccard = _reference_jaccard_distance(weights, num_query, len(original))
+    return jaccard.mul_(1 - lambda_value).add_(original[:num_query, num_query:], alpha=lambda_value)
+
+
+def _reference_k_reciprocal_weights(original, neighbours, k1):
+    num_all = len(original)
+    reciprocal = neighbours[:, :k1 + 1]
+    is_reciprocal = _reference_reciprocal_mask(reciprocal)
+    half = neighbours[:, :int(round(k1 / 2)) + 1]
+    is_half = _reference_reciprocal_mask(half)
+    candidate_sets = half[reciprocal]
+    candidate_valid = is_half[reciprocal] & is_reciprocal[:, :, None]
+    shared = (candidate_sets[..., None] == reciprocal[:, None, None, :]) & is_reciprocal[:, None, None, :]
+    shared_count = (shared.any(dim=3) & candidate_valid).sum(dim=2)
+    expands = is_reciprocal & (shared_count > 2.0 / 3.0 * candidate_valid.sum(dim=2))
+    added = candidate_valid & expands[:, :, None]
+    members = torch.unique(torch.cat([
+        torch.nonzero(is_reciprocal, as_tuple=True)[0] * num_all + reciprocal[is_reciprocal],
+        torch.nonzero(added, as_tuple=True)[0] * num_all + candidate_sets[added]]))
+    rows, columns = members // num_all, members % num_all
+    values = torch.exp(-original[rows, columns])
+    values /= torch.zeros(num_all, dtype=values.dtype).index_add_(0, rows, values)[rows]
+    return rows, columns, values
+
+
+def _reference_reciprocal_mask(forward):
+    own_index = torch.arange(len(forward))[:, None, None]
+    return (forward[forward] == own_index).any(dim=2)
+
+
+def _reference_expand_queries(weights, neighbours):
+    rows, columns, values = weights
+    num_all, count = neighbours.shape
+    row_sizes = torch.bincount(rows, minlength=num_all)
+    row_starts = torch.cumsum(row_sizes, dim=0) - row_sizes
+    sources = neighbours.reshape(-1)
+    segment, entry = _reference_segment_positions(row_starts[sources], row_sizes[sources])
+    keys, slots = torch.unique((segment // count) * num_all + columns[entry], return_inverse=True)
+    sums = torch.zeros(len(keys), dtype=values.dtype).index_add_(0, slots, values[entry])
+    return keys // num_all, keys % num_all, sums / count
+
+
+def _reference_jaccard_distance(weights, num_query, num_all, chunk_rows=256):
+    rows, columns, values = weights
+    by_column = torch.argsort(columns * num_all + rows)
+    column_rows, column_values = rows[by_column], values[by_column]
+    column_sizes = torch.bincount(columns, minlength=num_all)
+    column_starts = torch.cumsum(column_sizes, dim=0) - column_sizes
+    row_bounds = list(range(0, num_query, chunk_rows)) + [num_query]
+    entry_bounds = torch.searchsorted(rows, torch.tensor(row_bounds)).tolist()
+    jaccard = torch.empty(num_query, num_all - num_query, dtype=values.dtype)
+    for chunk, (start, stop) in enumerate(zip(row_bounds[:-1], row_bounds[1:])):
+        entries = slice(entry_bounds[chunk], entry_bounds[chunk + 1])
+        query_rows, query_columns, query_values = rows[entries] - start, columns[entries], values[entries]
+        pair, partner = _reference_segment_positions(column_starts[query_columns], column_sizes[query_columns])
+        overlap = torch.minimum(query_values[pair], column_values[partner])
+        shared = torch.zeros((stop - start) * num_all, dtype=values.dtype)
+        shared.index_add_(0, query_rows[pair] * num_all + column_rows[partner], overlap)
+        shared = shared.view(stop - start, num_all)[:, num_query:]
+        jaccard[start:stop] = 1 - shared / (2 - shared)
+    return jaccard
+
+
+def _reference_segment_positions(starts, sizes):
+    segment = torch.repeat_interleave(torch.arange(len(sizes)), sizes)
+    offset = torch.arange(len(segment)) - (torch.cumsum(sizes, dim=0) - sizes)[segment]
+    return segment, starts[segment] + offset
+
+
+def re_ranked(query, gallery, **options):
+    """re_ranked_blocks' output put together."""
+    blocks = list(metrics.re_ranked_blocks(query, gallery, **options))
+    assert [start for start, _ in blocks] == list(range(0, len(query), options.get("chunk_size", 512)))
+    return torch.cat([block for _, block in blocks])
+
+
+RE_RANK_CASES = [  # (num_query, num_gallery, k1, k2, lambda_value, chunk_size)
+    (30, 90, 20, 6, 0.3, 512), (70, 260, 20, 6, 0.3, 29), (41, 150, 5, 3, 0.5, 16), (25, 120, 4, 1, 0.2, 7),
+    (12, 20, 20, 6, 0.3, 5), (60, 200, 7, 8, 0.0, 61), (60, 200, 10, 6, 1.0, 1)]
+
+
+@pytest.mark.parametrize("integer", [False, True], ids=["continuous", "tied"])
+@pytest.mark.parametrize("num_query, num_gallery, k1, k2, lambda_value, chunk_size", RE_RANK_CASES)
+def test_bounded_re_ranking_equals_the_joint_matrix_reference(num_query, num_gallery, k1, k2, lambda_value,
+                                                               chunk_size, integer):
+    """From the three matrices the result is the reference's; from the features, within float32 rounding of
+    the distances (exact with integer features, whose distances and ties are exact)."""
+    query, gallery, *labels = labelled_features(num_query + k1, num_query, num_gallery, dim=4, num_ids=15,
+                                                integer=integer)
+    q_g, q_q, g_g = (metrics.pairwise_distance(a, b) for a, b in ((query, gallery), (query, query),
+                                                                   (gallery, gallery)))
+    options = dict(k1=k1, k2=k2, lambda_value=lambda_value)
+    expected = reference_re_rank(q_g, q_q, g_g, **options)
+    from_matrices = metrics.re_rank(q_g, q_q, g_g, chunk_size=chunk_size, **options)
+    from_features = re_ranked(query, gallery, chunk_size=chunk_size, **options)
+    torch.testing.assert_close(from_matrices, expected, rtol=0, atol=1e-6)
+    torch.testing.assert_close(from_features, expected, rtol=0, atol=1e-5)
+    assert_same_results(metrics_of_matrix(from_features, *labels), metrics_of_matrix(expected, *labels))
+
+
+def test_re_ranking_from_cosine_and_float16_features():
+    query, gallery, *_ = labelled_features(5, 40, 130, dim=6)
+    for metric, dtype in (("cosine", torch.float32), ("euclidean", torch.float16), ("cosine", torch.float16)):
+        q, g = query.to(dtype), gallery.to(dtype)
+        q_g, q_q, g_g = (metrics.pairwise_distance(a, b, metric=metric) for a, b in ((q, g), (q, q), (g, g)))
+        torch.testing.assert_close(re_ranked(q, g, metric=metric, chunk_size=17), reference_re_rank(q_g, q_q, g_g),
+                                   rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("k1, k2, lambda_value", [(20, 6, 0.3), (5, 3, 0.5), (4, 1, 0.2)])
+def test_re_ranking_from_features_matches_direct_implementation(k1, k2, lambda_value):
+    generator = torch.Generator().manual_seed(k1)
+    query, gallery = torch.randn(8, 4, generator=generator), torch.randn(20, 4, generator=generator)
+    q_g, q_q, g_g = (metrics.pairwise_distance(a, b).double().numpy() for a, b in ((query, gallery), (query, query),
+                                                                                    (gallery, gallery)))
+    expected = direct_re_rank(q_g, q_q, g_g, k1, k2, lambda_value)
+    result = re_ranked(query, gallery, k1=k1, k2=k2, lambda_value=lambda_value, chunk_size=3)
+    np.testing.assert_allclose(result.numpy(), expected, rtol=0, atol=1e-5)
+
+
+def test_retrieval_metrics_with_re_ranking():
+    query, gallery, *labels = labelled_features(6, 80, 300, num_ids=25)
+    result = metrics.retrieval_metrics(query, gallery, *labels, rerank=True, keep_distances=True,
+                                       rerank_chunk_size=33)
+    q_g, q_q, g_g = (metrics.pairwise_distance(a, b) for a, b in ((query, gallery), (query, query),
+                                                                   (gallery, gallery)))
+    torch.testing.assert_close(result["distances"], reference_re_rank(q_g, q_q, g_g), rtol=0, atol=1e-5)
+    assert_same_results(result, metrics_of_matrix(result["distances"], *labels))
+
+
+def largest_torch_allocation(function):
+    """The most memory one torch operation allocates for itself while ``function()`` runs, in bytes."""
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True) as profiler:
+        function()
+    return max(event.self_cpu_memory_usage for event in profiler.events())
+
+
+def test_re_ranking_memory_is_bounded_by_the_chunk_size():
+    num_query, num_gallery = 400, 3000
+    query, gallery, *_ = labelled_features(7, num_query, num_gallery, num_ids=300)
+    q_g, q_q, g_g = (metrics.pairwise_distance(a, b) for a, b in ((query, gallery), (query, query),
+                                                                   (gallery, gallery)))
+    joint_bytes, final_bytes = (num_query + num_gallery) ** 2 * 4, num_query * num_gallery * 4
+    assert largest_torch_allocation(lambda: reference_re_rank(q_g, q_q, g_g, k1=6, k2=3)) >= joint_bytes
+    largest = largest_torch_allocation(lambda: list(metrics.re_ranked_blocks(query, gallery, k1=6, k2=3,
+                                                                             chunk_size=48)))
+    assert largest < final_bytes / 4 and largest < joint_bytes / 32
+
+
+def test_evaluation_memory_is_bounded_by_the_chunk_size(monkeypatch):
+    num_query, num_gallery = 400, 12000
+    query, gallery, *labels = labelled_features(8, num_query, num_gallery, num_ids=300)
+    monkeypatch.setattr(metrics, "_RANKING_ELEMENTS", 2048)
+    monkeypatch.setattr(metrics, "_SINGLE_SHOT_ELEMENTS", 1024)
+    matrix_bytes = num_query * num_gallery * 4
+    evaluate = partial(metrics.retrieval_metrics, query, gallery, *labels, chunk_size=8)
+    assert largest_torch_allocation(partial(evaluate, keep_distances=True)) >= matrix_bytes
+    assert largest_torch_allocation(evaluate) < matrix_bytes / 8
+    tracemalloc.start()
+    try:
+        result = evaluate()
+        numpy_peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert numpy_peak < matrix_bytes / 4
+    assert_same_results(result, metrics_of_matrix(metrics.pairwise_distance(query, gallery), *labels))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_evaluation_and_re_ranking_match_the_cpu():
+    query, gallery, *labels = labelled_features(9, 70, 260, num_ids=20, integer=True)
+    on_cpu = metrics.retrieval_metrics(query, gallery, *labels, keep_distances=True)
+    on_gpu = metrics.retrieval_metrics(query.half(), gallery.half(), *labels, keep_distances=True, device="cuda")
+    assert on_gpu["distances"].device.type == "cuda"
+    assert torch.equal(on_gpu["distances"].cpu(), on_cpu["distances"])
+    assert_same_results(on_gpu, on_cpu)
+    re_ranked_on_cpu = re_ranked(query, gallery, chunk_size=50)
+    re_ranked_on_gpu = re_ranked(query, gallery, chunk_size=50, device="cuda")
+    assert re_ranked_on_gpu.device.type == "cuda"
+    torch.testing.assert_close(re_ranked_on_gpu.cpu(), re_ranked_on_cpu, rtol=0, atol=1e-5)

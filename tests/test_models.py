@@ -7,7 +7,9 @@ import torchvision
 
 from reid import models
 from reid.errors import UsageError
+from reid.config import TrainConfig
 from reid.models.attention import DSA
+from reid.models.dsp import TrainingOutput
 from reid.trainer import build_optimizer
 
 torch.set_num_threads(2)
@@ -32,15 +34,89 @@ def test_original_factory_call_and_names():
 def test_outputs_for_every_switch(dsa, deep_supervision, parts, feature):
     model = tiny_model(dsa=dsa, deep_supervision=deep_supervision, parts=parts, feature=feature)
     images = torch.randn(2, 3, 96, 32)
-    logits = model.train()(images)
-    expected = [f"P{i + 1}" for i in range(parts)] + ["L4"] + (["L1", "L2", "L3"] if deep_supervision else [])
-    assert list(logits) == expected == model.logit_names()
-    assert all(output.shape == (2, 5) for output in logits.values())
-    features = model.eval()(images)
+    output = model.train()(images)
+    assert isinstance(output, TrainingOutput)
+    assert len(output.part_logits) == parts and len(output.ds_logits) == (3 if deep_supervision else 0)
+    assert all(logits.shape == (2, 5) for logits in [*output.part_logits, output.global_logits, *output.ds_logits])
     width = {"parts": parts * 512, "reduced": parts * 16, "global": 512}[feature]
+    assert output.embedding.shape == (2, width)
+    features = model.eval()(images)
     assert features.shape == (2, width)
     maps = model.feature_maps(images)
     assert set(maps) == {"layer1", "layer2", "layer3", "layer4"} | ({"dsa1", "dsa2", "dsa3"} if dsa else set())
+
+
+def test_retrieval_features_without_bnneck_are_the_normalised_pooled_layer4():
+    """bnneck=False keeps the retrieval feature of earlier versions: each stripe (or the global average) of
+    layer4, L2-normalised, concatenated."""
+    images = torch.randn(3, 3, 96, 32)
+    for feature in ("parts", "global"):
+        model = tiny_model(feature=feature).eval()
+        layer4 = model.feature_maps(images)["layer4"]
+        bins = 6 if feature == "parts" else 1
+        pooled = torch.nn.functional.adaptive_avg_pool2d(layer4, (bins, 1)).flatten(2).transpose(1, 2)
+        expected = torch.nn.functional.normalize(pooled, dim=2).flatten(1)
+        assert torch.allclose(model(images), expected, atol=1e-6)
+
+
+@pytest.mark.parametrize("feature,bnneck", [(feature, bnneck) for feature in models.FEATURES for bnneck in (False, True)
+                                            if not (bnneck and feature == "reduced")])
+def test_training_embedding_is_the_retrieval_feature_before_normalisation_and_bnneck(feature, bnneck):
+    model = tiny_model(feature=feature, dropout=0.0, bnneck=bnneck).train()
+    images = torch.randn(3, 3, 96, 32)
+    embedding = model(images).embedding
+    layer4 = model._trunk(images)[0]
+    stripes = model.part_head.stripes(layer4)
+    expected = {"parts": lambda: stripes.transpose(1, 2).flatten(1),
+                "reduced": lambda: model.part_head.reduced(stripes).transpose(1, 2).flatten(1),
+                "global": lambda: layer4.mean(dim=(2, 3))}[feature]()
+    assert torch.allclose(embedding, expected, atol=1e-5)
+
+
+def test_bnneck_heads_classify_batch_normed_pooled_vectors_and_retrieve_after_the_norm():
+    """BoT's BNNeck on every stripe and on the global average: BN (shift fixed at 0) -> bias-free classifier;
+    the eval feature is the batch-normed vector (running statistics), L2-normalised."""
+    model = tiny_model(bnneck=True)
+    head = model.part_head
+    norms = [*head.part_necks, head.global_neck]
+    assert len(head.part_necks) == 6 and all(not norm.bias.requires_grad for norm in norms)
+    assert all(c.bias is None and c.in_features == 512 for c in [*head.part_classifiers, head.global_classifier])
+    assert not hasattr(head, "reduce")
+    images = torch.randn(4, 3, 96, 32)
+    for _ in range(3):
+        model.train()(images)
+    with torch.no_grad():
+        for norm in norms:
+            norm.weight.uniform_(0.5, 2.0)
+    model.eval()
+    stripes = head.stripes(model.feature_maps(images)["layer4"])
+    expected = torch.stack([torch.nn.functional.normalize(neck(stripes[:, :, i]), dim=1)
+                            for i, neck in enumerate(head.part_necks)], dim=1).flatten(1)
+    assert torch.allclose(model(images), expected, atol=1e-5)
+    assert not torch.allclose(expected, torch.nn.functional.normalize(stripes, dim=1).transpose(1, 2).flatten(1),
+                              atol=1e-3), "the norm's running statistics change the feature"
+    global_model = tiny_model(bnneck=True, feature="global").eval()
+    pooled = global_model.feature_maps(images)["layer4"].mean(dim=(2, 3))
+    expected = torch.nn.functional.normalize(global_model.part_head.global_neck(pooled), dim=1)
+    assert torch.allclose(global_model(images), expected, atol=1e-5)
+
+
+def test_bnneck_logits_come_from_the_normed_vectors():
+    model = tiny_model(bnneck=True).train()
+    images = torch.randn(4, 3, 96, 32)
+    output = model(images)
+    layer4 = model._trunk(images)[0]
+    head = model.part_head
+    stripes = head.stripes(layer4)
+    assert torch.allclose(output.part_logits[2], head.part_classifiers[2](head.part_necks[2](stripes[:, :, 2])),
+                          atol=1e-6)
+    global_input = head.global_neck(layer4.mean(dim=(2, 3)))
+    assert torch.allclose(output.global_logits, head.global_classifier(global_input), atol=1e-6)
+
+
+def test_bnneck_refuses_the_reduced_feature():
+    with pytest.raises(ValueError, match="reduced"):
+        tiny_model(bnneck=True, feature="reduced")
 
 
 def test_parts_feature_is_normalised_per_stripe():
@@ -196,7 +272,7 @@ def test_gate_parameters_are_registered_saved_and_in_the_full_lr_group():
     for k in (1, 2, 3):
         for name in ("alpha_c", "gamma_c", "beta_c", "alpha_s", "gamma_s", "beta_s"):
             assert f"dsa.{k - 1}.{name}" in state
-    optimizer = build_optimizer(model, lr=0.1, momentum=0.9, weight_decay=5e-4, backbone_lr_mult=0.1)
+    optimizer = build_optimizer(model, TrainConfig(lr=0.1), pretrained=True)
     new_group = {id(p) for p in optimizer.param_groups[1]["params"]}
     backbone_group = {id(p) for p in optimizer.param_groups[0]["params"]}
     assert optimizer.param_groups[1]["lr"] == 0.1 and optimizer.param_groups[0]["lr"] == pytest.approx(0.01)
@@ -209,12 +285,13 @@ def test_gradient_reaches_every_gate_and_head_and_gates_learn():
     """At the start gamma = 0 blocks alpha's gradient (as in GCT); after one step every gate learns."""
     model = tiny_model().train()
     before = {name: p.detach().clone() for name, p in model.dsa.named_parameters()}
-    optimizer = build_optimizer(model, lr=0.1, momentum=0.9, weight_decay=5e-4, backbone_lr_mult=0.1)
+    optimizer = build_optimizer(model, TrainConfig(lr=0.1), pretrained=True)
     images, targets = torch.randn(4, 3, 96, 32), torch.tensor([0, 1, 2, 3])
     for step in range(2):
         optimizer.zero_grad()
-        logits = model(images)
-        sum(torch.nn.functional.cross_entropy(output, targets) for output in logits.values()).backward()
+        output = model(images)
+        logits = [*output.part_logits, output.global_logits, *output.ds_logits]
+        sum(torch.nn.functional.cross_entropy(scores, targets) for scores in logits).backward()
         if step == 0:
             assert all(p.grad.abs().sum() > 0 for name, p in model.dsa.named_parameters() if "alpha" not in name)
         optimizer.step()
@@ -252,7 +329,9 @@ def test_tiny_model_overfits_a_tiny_batch():
     optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
     losses = []
     for _ in range(30):
-        loss = sum(torch.nn.functional.cross_entropy(o, targets) for o in model(images).values())
+        output = model(images)
+        logits = [*output.part_logits, output.global_logits, *output.ds_logits]
+        loss = sum(torch.nn.functional.cross_entropy(scores, targets) for scores in logits)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()

@@ -9,7 +9,8 @@ import sys
 
 import pytest
 
-from reid import report
+from reid import recipes, report
+from reid.config import RunConfig
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -168,6 +169,133 @@ def test_usage_errors_exit_2_without_a_traceback(ablation, tmp_path, capsys):
     with pytest.raises(SystemExit) as stop:
         report.main([])
     assert stop.value.code == 2
+
+
+def config_record(recipe="paper", train=None, model=None, rerank=False, flip_test=False):
+    """The "config" of a results.json written since Nov 2026: ``RunConfig.to_dict()`` with these changes."""
+    config = RunConfig().to_dict()
+    config["train"].update(recipe=recipe, **(train or {}))
+    config["model"].update(model or {})
+    config["eval"].update(rerank=rerank, flip_test=flip_test)
+    return config
+
+
+def strong_preset(**changes):
+    """The training settings the strong recipe gives, with ``changes``."""
+    preset = {path.split(".")[1]: value for path, value in recipes.PRESETS["strong"].items()
+              if path.startswith("train.")}
+    return {**preset, **changes}
+
+
+@pytest.mark.parametrize("config, expected", [
+    (config_record(), "DSA+DS (full)"),
+    (config_record(rerank=True, flip_test=True), "DSA+DS (full), re-ranked, flip test"),
+    (config_record("strong", strong_preset(), {"bnneck": True}), "DSA+DS (full), strong recipe"),
+    (config_record("strong", strong_preset(warmup_epochs=1, label_smoothing=0.0), {"bnneck": True}, flip_test=True),
+     "DSA+DS (full), strong recipe (--warmup-epochs 1, --label-smoothing 0.0), flip test"),
+    (config_record("strong", strong_preset(), {"bnneck": False}), "DSA+DS (full), strong recipe (--no-bnneck)"),
+    (config_record(train={"optimizer": "adam", "lr_schedule": "cosine", "triplet_weight": 1.0, "margin": 0.0}),
+     "DSA+DS (full), --optimizer adam, --lr-schedule cosine, --triplet-weight 1.0, --margin 0.0"),
+    (config_record(train={"lr": 0.05, "epochs": 12, "step_size": 8}), "DSA+DS (full)"),
+], ids=["paper", "eval switches", "strong", "strong with changes", "strong without bnneck", "paper with changes",
+        "ordinary hyper-parameters"])
+def test_the_switches_of_a_run_with_a_config_name_its_recipe_and_what_departs_from_it(config, expected):
+    record = {"dsa": True, "deep_supervision": True, "parts": 6, "feature": "parts", "config": config}
+    assert report.describe_switches(record) == expected
+
+
+def test_runs_of_two_recipes_give_a_paper_table_and_a_strong_table(tmp_path, capsys):
+    """``make ablation-synthetic RECIPE=strong`` reports logs/ablation-synthetic and its -strong twin together."""
+    for folder, recipe in (("ablation-synthetic", "paper"), ("ablation-synthetic-strong", "strong")):
+        config = config_record(recipe, strong_preset() if recipe == "strong" else {},
+                               {"bnneck": recipe == "strong"})
+        for row, (dsa, ds) in (("full", (True, True)), ("baseline", (False, False))):
+            write_results(tmp_path / folder / row, dsa=dsa, deep_supervision=ds, dataset="synthetic",
+                          config=config, rank1=0.9 if recipe == "strong" else 0.8)
+    write_metrics(tmp_path / "ablation-synthetic-strong" / "dsa", epochs=3)
+    status, out, _ = run_report(capsys, tmp_path / "ablation-synthetic", tmp_path / "ablation-synthetic-strong")
+    assert status == 0
+    sections = out.split("\n\n")
+    assert sections[0] == "**paper recipe**" and sections[2] == "**strong recipe**"
+    assert sections[4] == "**runs without results**"
+    assert [row[:3] for row in markdown_rows(sections[1])] == [
+        ["ablation-synthetic/baseline", "synthetic", "PCB baseline"],
+        ["ablation-synthetic/full", "synthetic", "DSA+DS (full)"]]
+    assert [row[:3] for row in markdown_rows(sections[3])] == [
+        ["ablation-synthetic-strong/baseline", "synthetic", "PCB baseline, strong recipe"],
+        ["ablation-synthetic-strong/full", "synthetic", "DSA+DS (full), strong recipe"]]
+    assert markdown_rows(sections[5])[0][0] == "ablation-synthetic-strong/dsa"
+    status, out, _ = run_report(capsys, tmp_path / "ablation-synthetic", tmp_path / "ablation-synthetic-strong",
+                                "--csv")
+    rows = list(csv.DictReader(io.StringIO(out)))
+    assert [row["rank-1"] for row in rows] == ["80.0", "80.0", "90.0", "90.0", ""]
+
+
+def test_a_run_evaluated_on_other_datasets_gets_a_row_for_each_below_its_own(tmp_path, capsys):
+    other = {"dataset": "msmt17", "root": "/data/MSMT17", "rank1": 0.412, "rank5": 0.55, "rank10": 0.6,
+             "mAP": 0.151, "mINP": 0.02, "num_valid_queries": 11659}
+    write_results(tmp_path / "market" / "full", other_datasets=[other, {**other, "dataset": "duke", "mAP": 2.5}])
+    write_results(tmp_path / "market" / "baseline", dsa=False, deep_supervision=False)
+    _, out, _ = run_report(capsys, tmp_path / "market")
+    rows = markdown_rows(out)
+    assert [row[0] for row in rows] == ["baseline", "full", "full -> msmt17", "full -> ?"]
+    assert rows[2] == ["full -> msmt17", "msmt17", "DSA+DS (full)", "50", "41.2", "55.0", "60.0", "15.1", "2.0"]
+    assert rows[3][2] == "results.json: other dataset 2 mAP not a fraction in [0, 1]"
+
+
+@pytest.mark.parametrize("content, problem", [
+    ('{"rank1": 1e999}', "rank1 not a fraction in [0, 1]"),
+    ('{"rank1": ' + "9" * 400 + "}", "rank1 not a fraction in [0, 1]"),
+    ('{"rank1": NaN}', "rank1 not a fraction in [0, 1]"),
+    ('{"rank1": -0.5}', "rank1 not a fraction in [0, 1]"),
+    ('{"epochs": 1e999}', "epochs is not a number of epochs"),
+    ('{"epochs": ' + "9" * 5000 + "}", "results.json holds a number too long to read"),
+    ("[" * 100_000 + "]" * 100_000, "results.json is nested too deeply to be results"),
+    ('{"extra": ' + "[" * 100_000 + "]" * 100_000 + "}", "results.json is nested too deeply to be results"),
+], ids=["float overflow", "huge integer", "NaN", "negative", "huge epochs", "integer too long", "nested list",
+        "nested value"])
+def test_numbers_too_large_and_absurd_nesting_give_a_row_saying_so(tmp_path, capsys, content, problem):
+    write_results(tmp_path / "run")
+    record = (tmp_path / "run" / "results.json").read_text()
+    patched = record[:-1] + ", " + content[1:] if content.startswith("{") else content
+    (tmp_path / "run" / "results.json").write_text(patched)
+    status, out, err = run_report(capsys, tmp_path / "run")
+    assert status == 1 and "Traceback" not in err
+    row = markdown_rows(out)[0]
+    assert row[2] in (problem, f"results.json: {problem}")
+    assert "set_int_max_str_digits" not in out
+
+
+def test_a_huge_or_binary_results_file_is_not_read_as_results(tmp_path, capsys, monkeypatch):
+    write_results(tmp_path / "binary")
+    (tmp_path / "binary" / "results.json").write_bytes(b"\xff\xfe{\x00")
+    write_results(tmp_path / "huge")
+    monkeypatch.setattr(report, "MAX_RESULTS_BYTES", 100)
+    size = os.path.getsize(tmp_path / "huge" / "results.json")
+    _, out, _ = run_report(capsys, tmp_path / "binary", tmp_path / "huge")
+    assert [row[2] for row in markdown_rows(out)] == ["results.json is not UTF-8 text",
+                                                       f"results.json is {size:,} bytes, far more than results hold"]
+
+
+@pytest.mark.parametrize("target", ["results.json", "metrics.csv", "checkpoint.pth.tar", "model_best.pth.tar"])
+def test_out_never_overwrites_a_runs_own_files(ablation, capsys, target):
+    path = ablation / "full" / target
+    if not path.exists():
+        path.write_text("the run's own file\n")
+    before = path.read_bytes()
+    status, out, err = run_report(capsys, ablation, "--out", path)
+    assert status == 2 and out == ""
+    assert err.startswith(f"error: --out {path}: {target} is the name of a file main.py writes into a run folder")
+    assert "\n" not in err.strip() and path.read_bytes() == before
+
+
+def test_out_through_a_link_to_a_runs_results_is_refused(ablation, capsys):
+    link = ablation / "table.md"
+    link.symlink_to(ablation / "full" / "results.json")
+    before = (ablation / "full" / "results.json").read_bytes()
+    status, _, err = run_report(capsys, ablation, "--out", link)
+    assert status == 2 and "results.json is the name of a file main.py writes" in err
+    assert (ablation / "full" / "results.json").read_bytes() == before
 
 
 def test_runs_as_a_module(ablation):

@@ -1,6 +1,8 @@
-"""What every dataset shares: the file-name parser, folder listing, validation split and summary table.
+"""What every dataset shares: the file-name parser, folder listing, list-file reader, validation split and
+summary table.
 
-A dataset module only names its file-name pattern and folders; ``load_standard_layout`` does the rest.
+A Market-1501-layout module only names its file-name pattern and folders; ``load_standard_layout`` does the
+rest. A loader returns ``Splits``; ``build_dataset`` turns them into the ``ReidDataset`` the pipeline uses.
 """
 import os
 import re
@@ -42,6 +44,23 @@ class ReidDataset:
         if self.num_ignored:
             lines.append(f"  (ignored {self.num_ignored} files whose names do not match the naming scheme)")
         return "\n".join(lines)
+
+
+@dataclass
+class Splits:
+    """What a loader read: ``(path, pid, camid)`` lists with the files' own ids, and how to describe them.
+
+    ``train_cameras`` is false when the training images carry no camera (custom data): the validation split
+    then counts its query and gallery images as different cameras, as the custom test split does.
+    ``title`` names the layout found (e.g. ``MSMT17_V2``) in the summary; None keeps the dataset's name.
+    """
+
+    train: list
+    query: list
+    gallery: list
+    num_ignored: int = 0
+    train_cameras: bool = True
+    title: str = None
 
 
 def file_pattern(name_body):
@@ -89,18 +108,25 @@ def check_root(root, download_hint):
         raise UsageError(f"The dataset folder {root} {what}; {download_hint}")
 
 
-def load_standard_layout(name, root, pattern, scheme, download_hint, folders=STANDARD_FOLDERS):
-    """Read the train/query/gallery folders of ``root``: returns the three item lists and the ignored count.
+def folder_contents(folder):
+    """A short listing of ``folder`` for error messages: its first dozen entries."""
+    contents = sorted(os.listdir(folder))
+    if not contents:
+        return "nothing"
+    return ", ".join(contents[:12]) + (", ..." if len(contents) > 12 else "")
+
+
+def load_standard_layout(name, root, pattern, scheme, download_hint, folders=STANDARD_FOLDERS, title=None):
+    """``Splits`` of the train/query/gallery folders of ``root``.
 
     ``scheme`` describes the expected file names (for error messages).
     """
     check_root(root, download_hint)
     missing = [folder for folder in folders.values() if not os.path.isdir(os.path.join(root, folder))]
     if missing:
-        contents = sorted(os.listdir(root))
-        shown = ", ".join(contents[:12]) + (", ..." if len(contents) > 12 else "") if contents else "nothing"
         raise UsageError(
-            f"The {name} folder {root} has no sub-folder {' or '.join(missing)} (it contains: {shown}). "
+            f"The {name} folder {root} has no sub-folder {' or '.join(missing)} "
+            f"(it contains: {folder_contents(root)}). "
             f"Expected the layout {root}/{{{','.join(folders.values())}}}/ with images named like {scheme}; "
             f"pass the folder that holds these three sub-folders with --data-dir.")
     splits, num_ignored = {}, 0
@@ -113,7 +139,41 @@ def load_standard_layout(name, root, pattern, scheme, download_hint, folders=STA
                 f"ignored). Expected .jpg/.jpeg/.png images named like {scheme}.")
         splits[split] = items
         num_ignored += ignored
-    return splits["train"], splits["query"], splits["gallery"], num_ignored
+    return Splits(splits["train"], splits["query"], splits["gallery"], num_ignored, title=title)
+
+
+def read_list_file(path):
+    """``(line_number, fields)`` of each line of a list file that is neither blank nor a ``#`` comment.
+
+    Reads what editors leave: Windows line ends, a UTF-8 byte-order mark, blank lines at the end.
+    """
+    try:
+        with open(path, encoding="utf-8-sig") as handle:
+            lines = handle.read().splitlines()
+    except UnicodeDecodeError:
+        raise UsageError(f"The list file {path} is not UTF-8 text; save it as UTF-8 (plain text).") from None
+    except OSError as error:
+        raise UsageError(f"Cannot read the list file {path}: {error.strerror or error}.") from None
+    return [(number, line.split()) for number, line in enumerate(lines, start=1)
+            if line.strip() and not line.lstrip().startswith("#")]
+
+
+def list_integer(text, list_path, number, what):
+    """``int(text)`` for a field of line ``number`` of ``list_path``; a UsageError naming both otherwise."""
+    try:
+        return int(text)
+    except ValueError:
+        raise UsageError(f"{list_path} line {number}: the {what} {text!r} is not a whole number.") from None
+
+
+def check_listed_files(list_path, entries, relative_to):
+    """Raise a UsageError naming the line of the first ``(line_number, path)`` entry whose file is missing."""
+    missing = [(number, path) for number, path in entries if not os.path.isfile(path)]
+    if missing:
+        number, path = missing[0]
+        raise UsageError(
+            f"{list_path} line {number}: the image {path} does not exist ({len(missing)} of the {len(entries)} "
+            f"images it lists are missing). Paths in this list are relative to {relative_to}.")
 
 
 def relabel(items):
@@ -130,11 +190,13 @@ def validation_size(num_ids, num_val):
     return min(num_val, max(1, num_ids // 5))
 
 
-def split_validation(items, num_val):
+def split_validation(items, num_val, cameras=True):
     """Hold out evenly spaced identities of ``items``: returns ``(train, val_query, val_gallery)``.
 
     ``val_query`` takes the first image of every (identity, camera) of the held-out identities and
-    ``val_gallery`` the rest; ``train`` keeps the other identities with their original pids.
+    ``val_gallery`` the rest; ``train`` keeps the other identities with their original pids. Without
+    ``cameras`` the items' camids mean nothing: val_query images get camera 0 and val_gallery images camera 1,
+    so that every gallery image of a query's identity is a valid match.
     """
     ids = sorted({pid for _, pid, _ in items})
     size = validation_size(len(ids), num_val)
@@ -144,18 +206,20 @@ def split_validation(items, num_val):
         if pid not in held_out:
             train.append((path, pid, camid))
         elif (pid, camid) in seen:
-            val_gallery.append((path, pid, camid))
+            val_gallery.append((path, pid, camid if cameras else 1))
         else:
             seen.add((pid, camid))
-            val_query.append((path, pid, camid))
+            val_query.append((path, pid, camid if cameras else 0))
     return train, val_query, val_gallery
 
 
-def build_dataset(name, root, train, query, gallery, num_ignored, combine_trainval, num_val):
-    """Assemble a ``ReidDataset``: the optional validation split, then train relabelled to 0..N-1."""
-    val_query, val_gallery = [], []
+def build_dataset(name, root, splits, combine_trainval, num_val):
+    """Assemble a ``ReidDataset`` from ``Splits``: the optional validation split, then train relabelled
+    to 0..N-1."""
+    train, val_query, val_gallery = splits.train, [], []
     if not combine_trainval:
-        train, val_query, val_gallery = split_validation(train, num_val)
+        train, val_query, val_gallery = split_validation(train, num_val, cameras=splits.train_cameras)
     train, num_train_ids = relabel(train)
     return ReidDataset(name=name, root=root, train=train, val_query=val_query, val_gallery=val_gallery,
-                       query=query, gallery=gallery, num_train_ids=num_train_ids, num_ignored=num_ignored)
+                       query=splits.query, gallery=splits.gallery, num_train_ids=num_train_ids,
+                       num_ignored=splits.num_ignored)

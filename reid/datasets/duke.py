@@ -12,5 +12,5 @@ DOWNLOAD_HINT = ("download DukeMTMC-reID and pass its folder (the one holding bo
 
 
 def load(root, name="duke"):
-    """``(train, query, gallery, num_ignored)`` of a DukeMTMC-reID folder."""
+    """The ``base.Splits`` of a DukeMTMC-reID folder."""
     return base.load_standard_layout(name, root, PATTERN, SCHEME, DOWNLOAD_HINT)

@@ -12,5 +12,5 @@ DOWNLOAD_HINT = ("download Market-1501 and pass its folder (the one holding boun
 
 
 def load(root, name="market"):
-    """``(train, query, gallery, num_ignored)`` of a Market-1501-layout folder."""
+    """The ``base.Splits`` of a Market-1501-layout folder."""
     return base.load_standard_layout(name, root, PATTERN, SCHEME, DOWNLOAD_HINT)

@@ -1,16 +1,20 @@
 """Model factory: ``create('resnet50', num_classes=751, num_features=256, dropout=0.5)`` as in the original."""
 import os
+from dataclasses import asdict
 
 import torch
 import torchvision
 
+from .. import checkpoint
 from ..errors import UsageError
 from .attention import DSA
 from .dsp import DSP, FEATURES
 
-__all__ = ["DSA", "DSP", "FEATURES", "create", "names", "from_checkpoint", "imagenet_weights_path"]
+__all__ = ["DSA", "DSP", "FEATURES", "create", "names", "from_checkpoint", "load_trained_model",
+           "imagenet_weights_path"]
 
 _ARCHS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
+_BACKBONE_PREFIXES = ("stem.", "layer1.", "layer2.", "layer3.", "layer4.")
 
 
 def names():
@@ -48,24 +52,29 @@ def imagenet_weights_path(arch):
 
 
 def _read_weights(path):
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise UsageError(f"Pretrained weights file {path} does not exist (--pretrained-path).") from None
-    except Exception as error:
-        raise UsageError(
-            f"Could not read pretrained weights from {path}: {error}. Expected a torchvision ResNet "
-            f"state_dict saved with torch.save (it is loaded with weights_only=True).") from None
+    """The ResNet state_dict in the file ``path``, loaded safely (``checkpoint.load_safely``); a dict wrapping
+    it under "state_dict" or "model" is accepted."""
+    state = checkpoint.load_safely(path, "pretrained weights file",
+                                   "a torchvision ResNet state_dict saved with torch.save (--pretrained-path)")
     for key in ("state_dict", "model"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]
-    if not isinstance(state, dict):
-        raise UsageError(f"Pretrained weights file {path} does not hold a state_dict.")
+    if not isinstance(state, dict) or not all(
+            isinstance(key, str) and isinstance(value, torch.Tensor) for key, value in state.items()):
+        raise UsageError(f"The pretrained weights file {path} holds a {type(state).__name__} that is not a "
+                         f"state_dict (names mapped to tensors); expected a torchvision ResNet state_dict saved "
+                         f"with torch.save (--pretrained-path).")
     return state
 
 
 def load_backbone(model, state_dict, source):
-    """Copy a torchvision ResNet state_dict (``conv1``, ``bn1``, ``layer1``.. keys) into the backbone."""
+    """Copy a torchvision ResNet state_dict (``conv1``, ``bn1``, ``layer1``.. keys) into the backbone.
+
+    torchvision's published ImageNet files predate BatchNorm's ``num_batches_tracked`` buffers; like
+    ``load_state_dict`` for such files, a missing one starts at 0. Every other backbone tensor must be there
+    with its shape; ImageNet's classifier (``fc.*``) is left out, and any other tensor, which fits nowhere,
+    is reported. Prints how many backbone tensors were set.
+    """
     renamed = {}
     for key, value in state_dict.items():
         key = key.removeprefix("module.")
@@ -73,10 +82,12 @@ def load_backbone(model, state_dict, source):
             key = "stem.0." + key[len("conv1."):]
         elif key.startswith("bn1."):
             key = "stem.1." + key[len("bn1."):]
-        if key.startswith(("stem.", "layer1.", "layer2.", "layer3.", "layer4.")):
+        if not key.startswith("fc."):
             renamed[key] = value
-    expected = {k: v for k, v in model.state_dict().items()
-                if k.startswith(("stem.", "layer1.", "layer2.", "layer3.", "layer4."))}
+    expected = {k: v for k, v in model.state_dict().items() if k.startswith(_BACKBONE_PREFIXES)}
+    for key in set(expected) - set(renamed):
+        if key.endswith(".num_batches_tracked"):
+            renamed[key] = torch.zeros_like(expected[key])
     missing = sorted(set(expected) - set(renamed))
     unexpected = sorted(set(renamed) - set(expected))
     mismatched = sorted(k for k in set(expected) & set(renamed) if expected[k].shape != renamed[k].shape)
@@ -90,18 +101,21 @@ def load_backbone(model, state_dict, source):
         raise UsageError(f"The weights in {source} do not fit the {model.arch} backbone: {problem}. "
                          f"Pass the ImageNet weights of the same architecture as -a/--arch.")
     model.load_state_dict(renamed, strict=False)
+    print(f"ImageNet weights: {len(expected)} backbone tensors from {source}")
 
 
-def from_checkpoint(checkpoint, source):
-    """Rebuild the model a training checkpoint (see ``reid.checkpoint``) was saved from."""
-    try:
-        arch, options, state = checkpoint["arch"], dict(checkpoint["model_options"]), checkpoint["model"]
-    except (KeyError, TypeError):
-        raise UsageError(f"{source} is not a checkpoint written by this project's main.py "
-                         f"(it lacks the 'arch', 'model_options' or 'model' entries).") from None
-    model = create(arch, **options)
-    load_model_state(model, state, source)
+def from_checkpoint(saved, source):
+    """Rebuild the model a ``reid.checkpoint.Checkpoint`` was saved from, with its weights (on the CPU)."""
+    model = create(**asdict(saved.model_config))
+    load_model_state(model, saved.model, source)
     return model
+
+
+def load_trained_model(path):
+    """The model of the training checkpoint file ``path`` in eval mode, and the ``Checkpoint`` (for its
+    ``input_size`` and ``model_config``): what the feature tools, the extractor and the exporter start from."""
+    saved = checkpoint.read(path)
+    return from_checkpoint(saved, path).eval(), saved
 
 
 def load_model_state(model, state, source):

@@ -16,7 +16,9 @@ class DSA(nn.Module):
     shape (B, C, H, W). With the initial alpha = 1, gamma = 0, beta = 0 both gates are exactly 1.
 
     ``channel_gate``, ``spatial_gate`` and ``gate`` write the formulas out for the visualisation tools;
-    ``forward`` computes the same function with a hand-written backward pass (see ``FusedDSA``).
+    ``forward`` computes the same function with a hand-written backward pass (see ``FusedDSA``), except under
+    ``torch.jit.trace``, which cannot save a custom autograd function: there it runs the formulas
+    (``reid.export`` traces the model for TorchScript).
     """
 
     def __init__(self, channels):
@@ -45,6 +47,8 @@ class DSA(nn.Module):
         return self.channel_gate(x) * self.spatial_gate(x)
 
     def forward(self, x):
+        if torch.jit.is_tracing():
+            return x + x * self.gate(x)
         return FusedDSA.apply(x, self.alpha_c, self.gamma_c, self.beta_c, self.alpha_s, self.gamma_s, self.beta_s)
 
     def extra_repr(self):
@@ -104,11 +108,11 @@ class FusedDSA(torch.autograd.Function):
         # grad * x * (1 - t^2): the gradient at tanh's input, divided by g_c (in place, reusing the buffer)
         grad_spatial = grad_multiplier.addcmul_(grad_multiplier_t, spatial_tanh, value=-1)
         del grad_multiplier_t
-        flat = grad_spatial.flatten(2)
-        grad_scale = channel_gate * torch.matmul(
-            flat, position_root.flatten(2).transpose(1, 2).to(x.dtype)).to(stats).view(batch, channels, 1, 1)
-        grad_root = torch.matmul(
-            (channel_gate * spatial_scale).view(batch, 1, channels).to(x.dtype), flat).to(stats).view(
+        # The two per-image reductions run in the statistics' precision: in fp16 they overflow (NaN gradients).
+        flat = grad_spatial.flatten(2).to(stats)
+        grad_scale = channel_gate * torch.matmul(flat, position_root.flatten(2).transpose(1, 2)).view(
+            batch, channels, 1, 1)
+        grad_root = torch.matmul((channel_gate * spatial_scale).view(batch, 1, channels), flat).view(
             batch, 1, height, width)
         grad_beta_s = (channel_gate * grad_spatial.sum(dim=(2, 3), keepdim=True, dtype=stats)).sum(0, keepdim=True)
         del grad_spatial, flat

@@ -5,8 +5,13 @@ image -> stem -> layer1 -> DSA1 -> layer2 -> DSA2 -> layer3 -> DSA3 -> layer4 (l
                             |DS1            |DS2             |DS3        +-> P stripes -> reduce -> P1..Pn
                             L1              L2               L3          +-> mean of reduced stripes -> L4
 ```
+
+With ``bnneck`` the part and global heads follow the BNNeck of Luo et al. (2019): each pooled vector (a stripe,
+or the global average of layer4) goes through its own batch norm (bias fixed at 0) into a bias-free classifier,
+and the retrieval feature is taken after that batch norm.
 """
 from collections import OrderedDict
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -18,9 +23,30 @@ from .attention import DSA
 FEATURES = ("parts", "reduced", "global")
 
 
+class TrainingOutput(NamedTuple):
+    """What ``DSP`` returns in training mode: every classifier's logits and the embedding for metric losses.
+
+    ``embedding`` is the retrieval feature before its L2 normalisation and before the BNNeck (the stripes of
+    ``parts`` or ``reduced`` concatenated, or the global average), (B, D): what a triplet loss trains.
+    """
+
+    part_logits: tuple
+    global_logits: torch.Tensor
+    ds_logits: tuple
+    embedding: torch.Tensor
+
+
 def _init_classifier(linear):
     nn.init.normal_(linear.weight, std=0.001)
-    nn.init.zeros_(linear.bias)
+    if linear.bias is not None:
+        nn.init.zeros_(linear.bias)
+
+
+def _bnneck(channels):
+    """A BNNeck batch norm: learned scale, shift fixed at 0 (as in the BoT code)."""
+    norm = nn.BatchNorm1d(channels)
+    norm.bias.requires_grad_(False)
+    return norm
 
 
 class DeepSupervisionHead(nn.Module):
@@ -42,23 +68,33 @@ class DeepSupervisionHead(nn.Module):
 
 
 class PartHead(nn.Module):
-    """PCB head: horizontal stripes -> dropout -> shared 1x1 reduction -> one classifier per stripe.
+    """PCB head: horizontal stripes -> dropout -> shared 1x1 reduction -> one classifier per stripe; L4 classifies
+    the mean of the reduced stripe vectors.
 
-    L4 classifies the mean of the reduced stripe vectors.
+    With ``bnneck``: each stripe -> its batch norm -> a bias-free classifier, and L4 classifies the batch-normed
+    global average of layer4 (no dropout, no reduction: the BoT head on every stripe).
     """
 
-    def __init__(self, in_channels, num_features, num_classes, parts, dropout):
+    def __init__(self, in_channels, num_features, num_classes, parts, dropout, bnneck=False):
         super().__init__()
         self.parts = parts
-        self.dropout = nn.Dropout(dropout)
-        self.reduce = nn.Sequential(
-            nn.Conv2d(in_channels, num_features, kernel_size=1, bias=False),
-            nn.BatchNorm2d(num_features),
-            nn.ReLU(inplace=True),
-        )
-        self.part_classifiers = nn.ModuleList(nn.Linear(num_features, num_classes) for _ in range(parts))
-        self.global_classifier = nn.Linear(num_features, num_classes)
-        nn.init.kaiming_normal_(self.reduce[0].weight, mode="fan_out")
+        self.bnneck = bnneck
+        if bnneck:
+            self.part_necks = nn.ModuleList(_bnneck(in_channels) for _ in range(parts))
+            self.global_neck = _bnneck(in_channels)
+            width = in_channels
+        else:
+            self.dropout = nn.Dropout(dropout)
+            self.reduce = nn.Sequential(
+                nn.Conv2d(in_channels, num_features, kernel_size=1, bias=False),
+                nn.BatchNorm2d(num_features),
+                nn.ReLU(inplace=True),
+            )
+            width = num_features
+        self.part_classifiers = nn.ModuleList(nn.Linear(width, num_classes, bias=not bnneck) for _ in range(parts))
+        self.global_classifier = nn.Linear(width, num_classes, bias=not bnneck)
+        if not bnneck:
+            nn.init.kaiming_normal_(self.reduce[0].weight, mode="fan_out")
         for classifier in [*self.part_classifiers, self.global_classifier]:
             _init_classifier(classifier)
 
@@ -70,13 +106,28 @@ class PartHead(nn.Module):
         """(B, C, parts) -> (B, num_features, parts)."""
         return self.reduce(self.dropout(stripes).unsqueeze(-1)).squeeze(-1)
 
-    def forward(self, stripes):
-        reduced = self.reduced(stripes)
-        logits = OrderedDict(
-            (f"P{i + 1}", classifier(reduced[:, :, i])) for i, classifier in enumerate(self.part_classifiers)
-        )
-        logits["L4"] = self.global_classifier(reduced.mean(dim=2))
-        return logits
+    def necked_stripes(self, stripes):
+        """(B, C, parts) -> the same after each stripe's BNNeck."""
+        return torch.stack([neck(stripes[:, :, i]) for i, neck in enumerate(self.part_necks)], dim=2)
+
+    def forward(self, layer4):
+        """(part logits P1..Pn, global logits L4, the reduced stripes, or None with ``bnneck``)."""
+        stripes = self.stripes(layer4)
+        if self.bnneck:
+            reduced = None
+            part_inputs = self.necked_stripes(stripes).unbind(dim=2)
+            global_input = self.global_neck(global_average(layer4))
+        else:
+            reduced = self.reduced(stripes)
+            part_inputs = [reduced[:, :, i] for i in range(self.parts)]
+            global_input = reduced.mean(dim=2)
+        part_logits = tuple(classifier(x) for classifier, x in zip(self.part_classifiers, part_inputs))
+        return part_logits, self.global_classifier(global_input), reduced
+
+
+def global_average(feature_map):
+    """(B, C, H, W) -> (B, C)."""
+    return F.adaptive_avg_pool2d(feature_map, 1).flatten(1)
 
 
 class DSP(nn.Module):
@@ -85,14 +136,18 @@ class DSP(nn.Module):
     ``dsa`` and ``deep_supervision`` switch the paper's ablation parts off; ``parts`` sets the stripes;
     ``feature`` chooses the retrieval feature returned in eval mode: ``parts`` (the stripe-pooled layer4
     vectors, each L2-normalised, concatenated), ``reduced`` (the reduced stripe vectors, likewise) or
-    ``global`` (the L2-normalised average of layer4).
+    ``global`` (the L2-normalised average of layer4). ``bnneck`` puts a BNNeck on the part and global heads;
+    the retrieval feature (``parts`` or ``global``) is then taken after its batch norm.
     """
 
     def __init__(self, arch, num_classes, num_features=256, dropout=0.5, dsa=True, deep_supervision=True,
-                 parts=6, feature="parts"):
+                 parts=6, feature="parts", bnneck=False):
         super().__init__()
         if feature not in FEATURES:
             raise ValueError(f"feature must be one of {FEATURES}, got {feature!r}")
+        if bnneck and feature == "reduced":
+            raise ValueError("the 'reduced' feature has no BNNeck form (the BNNeck head has no reduction); "
+                             "use 'parts' or 'global' with bnneck")
         if parts < 1 or num_classes < 1 or num_features < 1:
             raise ValueError("parts, num_classes and num_features must be positive")
         backbone = getattr(resnet, arch)(weights=None)
@@ -100,7 +155,7 @@ class DSP(nn.Module):
         self.arch = arch
         self.feature = feature
         self.options = dict(num_classes=num_classes, num_features=num_features, dropout=dropout, dsa=dsa,
-                            deep_supervision=deep_supervision, parts=parts, feature=feature)
+                            deep_supervision=deep_supervision, parts=parts, feature=feature, bnneck=bnneck)
         self.stem = nn.Sequential(backbone.conv1, backbone.bn1, backbone.relu, backbone.maxpool)
         self.layer1, self.layer2, self.layer3, self.layer4 = (
             backbone.layer1, backbone.layer2, backbone.layer3, backbone.layer4)
@@ -109,7 +164,7 @@ class DSP(nn.Module):
         self.deep_supervision = (
             nn.ModuleList(DeepSupervisionHead(c, num_features, num_classes) for c in channels[:3])
             if deep_supervision else None)
-        self.part_head = PartHead(channels[3], num_features, num_classes, parts, dropout)
+        self.part_head = PartHead(channels[3], num_features, num_classes, parts, dropout, bnneck)
 
     def backbone_modules(self):
         """The modules that ImageNet weights initialise (trained at a lower learning rate)."""
@@ -136,28 +191,40 @@ class DSP(nn.Module):
         return x, attended
 
     def forward(self, x):
-        """Training: an ordered dict of logits (P1..Pn, L4, then L1..L3). Eval: the retrieval feature."""
+        """Training: a ``TrainingOutput``. Eval: the retrieval feature."""
         layer4, attended = self._trunk(x)
-        if self.training:
-            logits = self.part_head(self.part_head.stripes(layer4))
-            if self.deep_supervision is not None:
-                for k, (head, feature_map) in enumerate(zip(self.deep_supervision, attended), start=1):
-                    logits[f"L{k}"] = head(feature_map)
-            return logits
-        return self.retrieval_feature(layer4)
+        if not self.training:
+            return self.retrieval_feature(layer4)
+        part_logits, global_logits, reduced = self.part_head(layer4)
+        ds_logits = ()
+        if self.deep_supervision is not None:
+            ds_logits = tuple(head(feature_map) for head, feature_map in zip(self.deep_supervision, attended))
+        return TrainingOutput(part_logits, global_logits, ds_logits, self._embedding(layer4, reduced))
 
     def identity_logits(self, x):
         """Identity scores in any mode, with gradients (for Grad-CAM): the mean of the part logits P1..Pn."""
         layer4, _ = self._trunk(x)
-        logits = self.part_head(self.part_head.stripes(layer4))
-        return torch.stack([logits[f"P{i + 1}"] for i in range(self.part_head.parts)]).mean(dim=0)
+        part_logits, _, _ = self.part_head(layer4)
+        return torch.stack(part_logits).mean(dim=0)
+
+    def _embedding(self, layer4, reduced):
+        """The retrieval feature before its normalisation and the BNNeck (training mode: ``reduced`` is the
+        part head's, dropout included)."""
+        if self.feature == "global":
+            return global_average(layer4)
+        stripes = reduced if self.feature == "reduced" else self.part_head.stripes(layer4)
+        return stripes.transpose(1, 2).flatten(1)
 
     def retrieval_feature(self, layer4):
+        bnneck = self.part_head.bnneck
         if self.feature == "global":
-            return F.normalize(F.adaptive_avg_pool2d(layer4, 1).flatten(1), dim=1)
+            feature = global_average(layer4)
+            return F.normalize(self.part_head.global_neck(feature) if bnneck else feature, dim=1)
         stripes = self.part_head.stripes(layer4)
         if self.feature == "reduced":
             stripes = self.part_head.reduced(stripes)
+        elif bnneck:
+            stripes = self.part_head.necked_stripes(stripes)
         return F.normalize(stripes, dim=1).transpose(1, 2).flatten(1)
 
     @torch.no_grad()
@@ -167,12 +234,6 @@ class DSP(nn.Module):
         maps = OrderedDict()
         self._trunk(x, maps)
         return maps
-
-    def logit_names(self):
-        names = [f"P{i + 1}" for i in range(self.part_head.parts)] + ["L4"]
-        if self.deep_supervision is not None:
-            names += [f"L{k}" for k in range(1, len(self.deep_supervision) + 1)]
-        return names
 
 
 def _out_channels(layer):
