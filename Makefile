@@ -4,11 +4,14 @@ VENV := .venv
 PY := $(VENV)/bin/python
 INSTALLED := $(VENV)/.installed
 
-# The CPU demo: a ResNet-18 DSP model trained from scratch on the synthetic dataset.
+# The CPU demo: a ResNet-18 DSP model trained from scratch on the synthetic dataset, in under 5 minutes on 2
+# cores: 96x48 input, 10 epochs with a 1-epoch warm-up and a cosine schedule, label smoothing, evaluated with the
+# flip test and re-ranking (docs/results.md has the figures and the settings that were compared).
 DEMO_DATA ?= data/synthetic
 DEMO_LOGS ?= logs/demo
-DEMO_ARGS ?= -d synthetic --data-dir $(DEMO_DATA) -a resnet18 --no-pretrained --height 128 --width 64 \
-	-b 32 -j 2 --epochs 12 --step-size 8 --lr 0.05 --eval-freq 4 --combine-trainval --flip-test
+DEMO_ARGS ?= -d synthetic --data-dir $(DEMO_DATA) -a resnet18 --no-pretrained --height 96 --width 48 \
+	-b 32 -j 2 --epochs 10 --warmup-epochs 1 --lr-schedule cosine --label-smoothing 0.1 --lr 0.05 \
+	--eval-freq 10 --combine-trainval --flip-test --rerank
 
 .PHONY: venv test demo sample-features
 

@@ -204,7 +204,7 @@ def test_make_ablation_with_the_strong_recipe_trains_into_its_own_folder_and_com
         pytest.skip("make is not installed")
     (tmp_path / "Makefile").write_text(
         "PY := .venv/bin/python\nINSTALLED := .venv/.installed\nDEMO_DATA := data/synthetic\n"
-        "DEMO_ARGS ?= -d synthetic --data-dir data/synthetic -a resnet18 --epochs 12 --step-size 8 --lr 0.05\n"
+        "SYNTHETIC_ARGS ?= -d synthetic --data-dir data/synthetic -a resnet18 --epochs 12 --step-size 8 --lr 0.05\n"
         "$(INSTALLED):\n\ttouch $@\n"
         f"include {os.path.join(os.path.dirname(os.path.dirname(__file__)), 'ablation.mk')}\n")
 

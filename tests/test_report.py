@@ -309,7 +309,7 @@ def dry_run(folder, target, *variables):
     """``make -n TARGET`` in ``folder`` with a Makefile that defines what the project's Makefile does."""
     (folder / "Makefile").write_text(
         "PY := .venv/bin/python\nINSTALLED := .venv/.installed\n"
-        "DEMO_ARGS ?= -d synthetic --data-dir data/synthetic -a resnet18 --epochs 15\n"
+        "SYNTHETIC_ARGS ?= -d synthetic --data-dir data/synthetic -a resnet18 --epochs 15\n"
         "$(INSTALLED):\n\ttouch $@\n"
         f"include {os.path.join(REPO, 'ablation.mk')}\n")
     result = subprocess.run(["make", "-n", target, *variables], cwd=folder, capture_output=True, text=True,
