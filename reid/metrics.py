@@ -31,21 +31,31 @@ _PAIR_ELEMENTS = 1 << 22  # feature values gathered per batch of single distance
 _TILE_ELEMENTS = 1 << 25  # feature values converted to float32 at a time when the features are not float32
 
 
-def pairwise_distance(query_features, gallery_features, metric="euclidean", chunk_size=None, device=None):
+def pairwise_distance(query_features, gallery_features, metric="euclidean", chunk_size=None, device=None,
+                      gallery_squared_norms=None):
     """(Q, G) float32 distances between rows of ``query_features`` and ``gallery_features``.
 
     Computed, and returned, on ``device`` (default: the device of ``query_features``), ``chunk_size`` queries at
     a time (see ``distance_blocks``). ``euclidean``: sqrt(max(|q|^2 + |g|^2 - 2 q.g, 0)); ``cosine``:
-    1 - q.g / (|q| |g|).
+    1 - q.g / (|q| |g|). ``gallery_squared_norms`` (``squared_norms(gallery_features)``, Euclidean only) saves
+    a pass over a gallery that is searched again and again.
     """
     query, gallery = _features_on_device(query_features, gallery_features, device)
     distances = torch.empty(len(query), len(gallery), dtype=torch.float32, device=query.device)
-    for start, block in distance_blocks(query, gallery, metric, chunk_size):
+    blocks = distance_blocks(query, gallery, metric, chunk_size, gallery_squared_norms=gallery_squared_norms)
+    for start, block in blocks:
         distances[start:start + len(block)] = block
     return distances
 
 
-def distance_blocks(query_features, gallery_features, metric="euclidean", chunk_size=None, device=None):
+def squared_norms(features):
+    """The squared Euclidean norm of every row of (N, D) ``features``, as a float32 tensor: what the distances
+    compute for a gallery, to be passed back as ``gallery_squared_norms``."""
+    return _Features(torch.as_tensor(features), "euclidean").squared_norms
+
+
+def distance_blocks(query_features, gallery_features, metric="euclidean", chunk_size=None, device=None,
+                    gallery_squared_norms=None):
     """Yield (start, (n, G) float32 distances of queries start .. start + n - 1), ``chunk_size`` queries at a time
     (default: 2^26 distances a block, at most ``DISTANCE_CHUNK_SIZE`` queries), on ``device`` (default: the
     device of ``query_features``); the distances are those of ``pairwise_distance``.
@@ -58,7 +68,7 @@ def distance_blocks(query_features, gallery_features, metric="euclidean", chunk_
     query, gallery = _features_on_device(query_features, gallery_features, device)
     if chunk_size is None:
         chunk_size = max(1, min(DISTANCE_CHUNK_SIZE, _DISTANCE_BLOCK_ELEMENTS // max(1, len(gallery))))
-    return _plain_blocks(_Features(query, metric), _Features(gallery, metric), chunk_size)
+    return _plain_blocks(_Features(query, metric), _Features(gallery, metric, gallery_squared_norms), chunk_size)
 
 
 def re_ranked_blocks(query_features, gallery_features, metric="euclidean", k1=20, k2=6, lambda_value=0.3,
@@ -174,13 +184,15 @@ class _Features:
     whole in float32.
     """
 
-    def __init__(self, features, metric):
+    def __init__(self, features, metric, squared_norms=None):
         self.features, self.metric = features, metric
         in_place = features.dtype == torch.float32 and metric == "euclidean"
         tile_rows = max(1, _TILE_ELEMENTS // max(1, features.shape[1]))
         self.tile_rows = max(1, len(features)) if in_place else tile_rows
         self.squared_norms = None
-        if metric == "euclidean":
+        if squared_norms is not None:
+            self.squared_norms = torch.as_tensor(squared_norms, dtype=torch.float32).to(features.device)
+        elif metric == "euclidean":
             self.squared_norms = torch.cat([self.rows(slice(start, start + tile_rows)).pow(2).sum(dim=1)
                                             for start in range(0, len(features), tile_rows)]
                                            or [features.new_empty(0, dtype=torch.float32)])

@@ -11,6 +11,7 @@ Market-1501, DukeMTMC-reID or CUHK03-NP scheme, matches of the query's identity 
 """
 import argparse
 import csv
+import functools
 import hashlib
 import html
 import os
@@ -45,6 +46,11 @@ class GalleryIndex:
     sizes: np.ndarray
     mtimes: np.ndarray
     features: np.ndarray
+
+    @functools.cached_property
+    def squared_norms(self):
+        """The rows' squared norms (``metrics.squared_norms``), computed once for all the queries it answers."""
+        return metrics.squared_norms(self.features)
 
 
 @dataclass
@@ -221,10 +227,12 @@ def own_rows(index, query_paths):
     return [rows.get(os.path.relpath(os.path.realpath(path), root)) for path in query_paths]
 
 
-def rank(query_features, gallery_features, top, exclude=None):
+def rank(query_features, gallery_features, top, exclude=None, gallery_squared_norms=None):
     """For each query row, its ``top`` nearest gallery rows by Euclidean distance as ``[(row, distance), ...]``,
-    nearest first (ties by row); ``exclude[i]``: a row left out of query i's list (or None)."""
-    distances = metrics.pairwise_distance(query_features, torch.as_tensor(gallery_features))
+    nearest first (ties by row); ``exclude[i]``: a row left out of query i's list (or None).
+    ``gallery_squared_norms``: ``GalleryIndex.squared_norms``, kept between queries."""
+    distances = metrics.pairwise_distance(query_features, torch.as_tensor(gallery_features),
+                                          gallery_squared_norms=gallery_squared_norms)
     exclude = exclude or [None] * len(distances)
     results = []
     for row_distances, left_out in zip(distances, exclude):
@@ -334,7 +342,8 @@ def search(checkpoint, gallery, query, out, top=10, batch_size=64, device=None, 
         raise UsageError(f"No image in the gallery folder {gallery} (--gallery) could be read; "
                          f"{len(update.unreadable)} files failed, e.g. {update.unreadable[0][1]}")
     save_index(index, index_path)
-    ranked = rank(query_features, index.features, top, exclude=own_rows(index, query_paths))
+    ranked = rank(query_features, index.features, top, exclude=own_rows(index, query_paths),
+                  gallery_squared_norms=index.squared_norms)
     matches = [ranked_images(index, gallery, path, rows) for path, rows in zip(query_paths, ranked)]
     write_outputs(out, query_paths, matches, update.unreadable)
     return update, query_paths, matches

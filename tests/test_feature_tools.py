@@ -289,6 +289,6 @@ def test_sample_features_dry_run_trains_the_demo_first_and_compares_with_a_train
     lines = sample_features_dry_run(tmp_path, f"SAMPLE_BASELINE={baseline}")
     training = [line for line in lines if " main.py " in line and "--evaluate" not in line]
     assert training == lines[:1]
-    assert training[0].endswith(f"--combine-trainval --flip-test --logs-dir {tmp_path}/demo")
+    assert training[0].endswith(f"--combine-trainval --flip-test --rerank --logs-dir {tmp_path}/demo")
     compare = [line for line in lines if "--compare" in line]
     assert len(compare) == 1 and compare[0].endswith(f"--checkpoint {baseline}")

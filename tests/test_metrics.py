@@ -579,3 +579,12 @@ def test_cuda_evaluation_and_re_ranking_match_the_cpu():
     re_ranked_on_gpu = re_ranked(query, gallery, chunk_size=50, device="cuda")
     assert re_ranked_on_gpu.device.type == "cuda"
     torch.testing.assert_close(re_ranked_on_gpu.cpu(), re_ranked_on_cpu, rtol=0, atol=1e-5)
+
+
+def test_precomputed_gallery_norms_give_the_same_distances():
+    generator = torch.Generator().manual_seed(4)
+    query, gallery = torch.randn(5, 16, generator=generator), torch.randn(40, 16, generator=generator)
+    norms = metrics.squared_norms(gallery)
+    assert torch.equal(norms, gallery.pow(2).sum(dim=1))
+    assert torch.equal(metrics.pairwise_distance(query, gallery, gallery_squared_norms=norms),
+                       metrics.pairwise_distance(query, gallery))
