@@ -8,9 +8,7 @@ import math
 import os
 import sys
 
-import torch
-
-from reid import datasets, models, recipes
+from reid import datasets, distributed, models, recipes
 from reid.config import DataConfig, DeviceConfig, EvalConfig, ModelConfig, RunConfig, TrainConfig
 from reid.errors import RunInterrupted, UsageError
 
@@ -140,7 +138,7 @@ def check_args(args):
     if args.arch not in models.names():
         raise UsageError(f"Unknown architecture {args.arch!r} (-a/--arch); choose one of: "
                          f"{', '.join(models.names())}.")
-    _check_device(args.device)
+    distributed.parse_device(args.device, "--device")
     names = [datasets.canonical_name(args.dataset)]
     names += [datasets.parse_test_dataset(spec)[0] for spec in args.test_dataset]
     if args.name_pattern is not None and "custom" not in names:
@@ -161,20 +159,6 @@ def _check_numbers(args):
         raise UsageError("--dropout must be in [0, 1) and --random-erasing in [0, 1].")
     if not 0 <= args.seed < MAX_SEED:
         raise UsageError(f"--seed must be in [0, 2**32), got {args.seed}.")
-
-
-def _check_device(name):
-    """--device names a device type PyTorch knows, and CUDA only where there is a CUDA GPU."""
-    if name is None:
-        return
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise UsageError(f"Unknown --device {name!r}; use cpu, cuda or cuda:N (or leave it out: CUDA when there "
-                         f"is a GPU, else the CPU).") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UsageError(f"--device {name}: this machine has no CUDA GPU that PyTorch can use; run on the CPU "
-                         f"with --device cpu (or leave --device out).")
 
 
 def run_config(args, argv):

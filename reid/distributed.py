@@ -11,6 +11,8 @@ import os
 import torch
 import torch.distributed as dist
 
+from .errors import UsageError
+
 
 _PEER_GONE = ("Connection closed by peer", "Connection reset by peer")
 
@@ -20,6 +22,22 @@ class PeerFailed(SystemExit):
 
     def __init__(self):
         super().__init__(2)
+
+
+def parse_device(name, option):
+    """``name`` as a ``torch.device``, or None for None; a UsageError, naming ``option`` (where the name came
+    from), for a name PyTorch does not know or for CUDA on a machine without a CUDA GPU."""
+    if name is None:
+        return None
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError):
+        raise UsageError(f"Unknown {option} {name!r}; use cpu, cuda or cuda:N (or leave it out: CUDA when there "
+                         f"is a GPU, else the CPU).") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UsageError(f"{option} {name}: this machine has no CUDA GPU that PyTorch can use; run on the CPU with "
+                         f"{option} cpu, or leave {option} out.")
+    return device
 
 
 def init_from_environment(device_name=None):

@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 from torchvision.transforms import v2
 
-from . import data, evaluator, models
+from . import data, distributed, evaluator, models
 from .errors import UsageError
 from .images import image_from_array, read_image
 
@@ -60,13 +60,7 @@ def _device(name):
     """``name`` as a torch device (default: CUDA when available, else the CPU); a UsageError when unusable."""
     if name is None:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except (RuntimeError, TypeError):
-        raise UsageError(f"Unknown device {name!r}; use 'cpu', 'cuda' or 'cuda:N'.") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UsageError(f"Device {name!r} was asked for, but PyTorch sees no CUDA GPU here; use 'cpu'.")
-    return device
+    return distributed.parse_device(name, "device")
 
 
 def _as_list(images):

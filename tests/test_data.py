@@ -2,7 +2,6 @@ from collections import Counter
 
 import pytest
 import torch
-from PIL import Image
 
 from reid import data, datasets
 from reid.config import DataConfig

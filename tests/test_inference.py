@@ -7,13 +7,11 @@ import sys
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 from PIL import Image
 
-from reid import FeatureExtractor, checkpoint, data, evaluator, models
-from reid.config import EvalConfig, ModelConfig
+from reid import FeatureExtractor, evaluator, models
+from reid.config import EvalConfig
 from reid.errors import UsageError
-from reid.images import read_image
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -4,9 +4,8 @@ import os
 import numpy as np
 import pytest
 import torch
-from torchvision.io import write_png
 
-from reid import figures, images, maps, models
+from reid import images, maps, models
 from reid.errors import UsageError
 
 torch.set_num_threads(2)
