@@ -8,7 +8,7 @@ import math
 import os
 import sys
 
-from reid import datasets, distributed, models, recipes
+from reid import datasets, distributed, models, recipes, run_files
 from reid.config import DataConfig, DeviceConfig, EvalConfig, ModelConfig, RunConfig, TrainConfig
 from reid.errors import RunInterrupted, UsageError
 
@@ -36,6 +36,10 @@ def get_args_parser():
                       help="which CUHK03-NP boxes -d cuhk03-np uses")
     data.add_argument("--name-pattern", default=None, metavar="REGEX",
                       help="-d custom: a regular expression with named groups pid and camid that file names match")
+    data.add_argument("--camera-ranges", default=None, metavar="A-B,C-D",
+                      help="-d custom: the camera is the position of the range holding the pattern's index group")
+    data.add_argument("--split", choices=datasets.custom.SPLIT_RULES, default=None,
+                      help="-d custom: DIR is one folder of every image; even identities train, odd ones test")
     data.add_argument("--test-dataset", action="append", default=[], metavar="NAME[:DIR]",
                       help="also evaluate the final model on this dataset (repeatable); DIR defaults to data/NAME")
 
@@ -95,11 +99,17 @@ def get_args_parser():
 
     logging = parser.add_argument_group("logging")
     logging.add_argument("--resume", default=None, metavar="PATH", help="checkpoint to resume or evaluate")
-    logging.add_argument("--print-freq", type=int, default=10, help="progress-bar update every N steps")
+    logging.add_argument("--print-freq", type=int, default=10,
+                         help="progress update every N steps (a line each when stderr is not a terminal)")
     logging.add_argument("--logs-dir", "--log", dest="logs_dir", default="logs", metavar="PATH",
                          help="run folder (under torchrun write --logs-dir: torchrun takes --log for its own)")
     logging.add_argument("--overwrite", action="store_true",
                          help="start a new run in a --logs-dir that holds an earlier run, replacing its files")
+    logging.add_argument("--rerun", default=None, metavar="RUN_DIR",
+                         help="start a new run with the settings recorded in the run folder RUN_DIR; the flags "
+                              "given here override them (give the new run its own --logs-dir)")
+    logging.add_argument("--no-tensorboard", action="store_true",
+                         help="write no TensorBoard event files into the run folder")
     return parser
 
 
@@ -144,6 +154,10 @@ def check_args(args):
     if args.name_pattern is not None and "custom" not in names:
         raise UsageError("--name-pattern reads the file names of -d custom (or a custom --test-dataset); the other "
                          "datasets have their own naming schemes.")
+    for flag, value in (("--camera-ranges", args.camera_ranges), ("--split", args.split)):
+        if value is not None and "custom" not in names:
+            raise UsageError(f"{flag} applies to -d custom (or a custom --test-dataset); the other datasets come "
+                             f"with their cameras and splits.")
 
 
 def _check_numbers(args):
@@ -171,7 +185,7 @@ def run_config(args, argv):
                         combine_trainval=args.combine_trainval, num_val=args.num_val,
                         num_instances=args.num_instances, random_erasing=args.random_erasing,
                         cache_images=args.cache_images, seed=args.seed, cuhk03=args.cuhk03,
-                        name_pattern=args.name_pattern),
+                        name_pattern=args.name_pattern, camera_ranges=args.camera_ranges, split=args.split),
         model=ModelConfig(arch=args.arch, num_classes=0, num_features=args.features, dropout=args.dropout,
                           dsa=not args.no_dsa, deep_supervision=not args.no_deep_supervision, parts=args.parts,
                           feature=args.feature, bnneck=args.bnneck),
@@ -188,7 +202,7 @@ def run_config(args, argv):
         device=DeviceConfig(device=args.device, amp=args.amp, channels_last=args.channels_last,
                             compile=args.compile, sync_bn=args.sync_bn),
         pretrained=not args.no_pretrained, pretrained_path=args.pretrained_path, resume=args.resume,
-        evaluate=args.evaluate, logs_dir=args.logs_dir, overwrite=args.overwrite,
+        evaluate=args.evaluate, logs_dir=args.logs_dir, overwrite=args.overwrite, tensorboard=not args.no_tensorboard,
         test_datasets=[list(datasets.parse_test_dataset(spec)) for spec in args.test_dataset], command=list(argv))
 
 
@@ -200,6 +214,85 @@ def explicit_dests(arguments):
     return set(vars(parser.parse_args(arguments)))
 
 
+NOT_REPEATED = ("rerun", "overwrite")  # never taken from a recorded run: a re-run means them only when given again
+
+
+def rerun_args(folder, arguments, explicit):
+    """``(args, explicit, source)`` for ``arguments`` (whose destinations are ``explicit``) over the settings
+    recorded in the run folder ``folder`` (--rerun; ``source``: the file they were read from).
+
+    The recorded flags become the parser's defaults and ``arguments`` are parsed again, so every flag given wins.
+    A recorded --resume of a checkpoint in ``folder`` (that run continuing itself) is left out: the new run starts
+    from scratch. A new run into ``folder`` itself is refused unless --resume is given (continuing that run).
+    """
+    source, settings = run_files.read_run_settings(folder)
+    if "command" in settings:
+        recorded, recorded_explicit = _parse_recorded_command(settings["command"][1:], source)
+    else:
+        recorded, recorded_explicit = settings["args"], set(settings.get("explicit", []))
+    parser = get_args_parser()
+    defaults = _recorded_defaults(parser, recorded, source)
+    if run_files.continues(folder, defaults.get("resume")):
+        defaults["resume"] = None
+    parser.set_defaults(**{name: value for name, value in defaults.items() if name not in explicit})
+    args = parser.parse_args(arguments)
+    if os.path.realpath(args.logs_dir) == os.path.realpath(folder) and "resume" not in explicit:
+        raise UsageError(f"--rerun {folder} would start the new run in {folder} itself (its recorded --logs-dir), "
+                         f"replacing the run it repeats: give the new run its own --logs-dir, such as --logs-dir "
+                         f"{os.path.normpath(folder)}-rerun. To continue that run instead, add --resume "
+                         f"{os.path.join(folder, 'checkpoint.pth.tar')}.")
+    return args, {name for name in recorded_explicit if isinstance(name, str)} | explicit, source
+
+
+def _parse_recorded_command(arguments, source):
+    """(flags by destination, destinations given) of a command line recorded by a run from before run.json."""
+    def refuse(message):
+        raise UsageError(f"The command recorded in {source} (--rerun) does not parse with this main.py: {message}.")
+
+    parser, given = get_args_parser(), get_args_parser()
+    for action in given._actions:
+        action.default = argparse.SUPPRESS
+    parser.error = given.error = refuse
+    args = parser.parse_known_args(arguments)[0]
+    if args.rerun:
+        refuse(f"it repeats the run in {args.rerun} (--rerun), and the run.json that held the settings it took from "
+               f"there is missing; re-run {args.rerun} instead")
+    return vars(args), set(vars(given.parse_known_args(arguments)[0]))
+
+
+def _recorded_defaults(parser, recorded, source):
+    """The recorded values of the flags this parser knows (flags removed since are left out), each checked to be a
+    value its flag takes."""
+    if not isinstance(recorded, dict):
+        raise UsageError(f"{source} (--rerun) records its flags as a JSON {type(recorded).__name__}, not an object.")
+    defaults = {}
+    for action in parser._actions:
+        if action.dest not in recorded or action.dest in NOT_REPEATED or action.dest == "help":
+            continue
+        value = recorded[action.dest]
+        if not _takes(action, value):
+            raise UsageError(f"{source} (--rerun) records {action.option_strings[0]} as {value!r}, which that flag "
+                             f"does not take; expected the record main.py writes into its --logs-dir, unedited.")
+        defaults[action.dest] = float(value) if action.type is float and value is not None else value
+    return defaults
+
+
+def _takes(action, value):
+    """Whether ``value`` (read from JSON) is a value of the argparse ``action``."""
+    if action.nargs == 0:
+        return isinstance(value, bool)
+    if value is None:
+        return action.default is None
+    if action.nargs in ("+", "*") or isinstance(action.default, list):
+        return isinstance(value, list) and all(_takes_one(action, item) for item in value)
+    return _takes_one(action, value)
+
+
+def _takes_one(action, value):
+    kind = {int: int, float: (int, float)}.get(action.type, str)
+    return isinstance(value, kind) and not isinstance(value, bool) and (not action.choices or value in action.choices)
+
+
 def main(argv=None):
     for stream in (sys.stdout, sys.stderr):
         if hasattr(stream, "reconfigure"):
@@ -207,11 +300,16 @@ def main(argv=None):
     argv = sys.argv if argv is None else [sys.argv[0], *argv]
     args = get_args_parser().parse_args(argv[1:])
     try:
+        explicit = explicit_dests(argv[1:])
+        record = {}
+        if args.rerun:
+            args, explicit, record["settings_from"] = rerun_args(args.rerun, argv[1:], explicit)
         check_args(args)
         from reid import experiment
-        config = recipes.apply(args.recipe, run_config(args, argv), explicit_dests(argv[1:]))
+        config = recipes.apply(args.recipe, run_config(args, argv), explicit)
         recipes.validate(config)
-        experiment.run(config)
+        record.update(args=vars(args), explicit=sorted(explicit))
+        experiment.run(config, record, recipes.ineffective(config, explicit))
     except UsageError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

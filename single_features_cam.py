@@ -15,14 +15,15 @@ import sys
 from reid import data, figures, images, maps, models
 from reid.errors import UsageError
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".npy")
+SKIPPED_NAMES_SHOWN = 3
 
 
 def get_args_parser():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", metavar="CKPT", required=True, help="training checkpoint")
     parser.add_argument("--image", metavar="PATH", required=True,
-                        help="image file, .npy (H x W x 3 or 3 x H x W), or a folder of them")
+                        help="image file (any format Pillow reads), .npy (H x W x 3 or 3 x H x W), or a folder "
+                             "of them (files are recognised by their bytes, not their names)")
     parser.add_argument("--layer", default="layer4", help=f"Grad-CAM layer: {', '.join(maps.CAM_LAYERS)}")
     parser.add_argument("--out", metavar="DIR", default="cams", help="output folder")
     parser.add_argument("--height", type=int, default=None,
@@ -43,6 +44,9 @@ def main(argv=None):
     except UsageError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except MemoryError:
+        print("error: ran out of memory; lower --dpi or --height/--width.", file=sys.stderr)
+        return 2
     return 0
 
 
@@ -51,6 +55,7 @@ def run(args):
     paths = image_paths(args.image)
     model, saved = models.load_trained_model(args.checkpoint)
     height, width = data.input_size(args.height, args.width, [saved.input_size])
+    maps.check_input_memory(height, width, grad_cam=True)
     figures.output_folder(args.out)
     gate_names = [layer for layer in maps.available_layers(model) if layer.startswith("dsa")]
     for path in paths:
@@ -61,18 +66,26 @@ def run(args):
         stem = os.path.splitext(os.path.basename(path))[0]
         figure_path = os.path.join(args.out, f"{stem}_cam.png")
         figures.plot_cam(image, cam, gates, figure_path,
-                           f"{stem}\nidentity {label} (p = {probability:.3f}), Grad-CAM on {args.layer}", args.dpi)
-        print(f"{path}: predicted identity {label} (training label index), probability {probability:.3f} "
-              f"-> {figure_path}")
+                         f"{stem}\nidentity {label} (p = {probability:.3f}), Grad-CAM on {args.layer}", args.dpi)
+        print(f"{figures.display_name(path)}: predicted identity {label} (training label index), probability "
+              f"{probability:.3f} -> {figures.display_name(figure_path)}")
 
 
 def image_paths(path):
-    """The image itself, or the images (by name) in a folder."""
+    """The image itself, or the images in a folder, recognised by their bytes (a BMP named .jpg, a PNG without a
+    suffix); the folder's other files are skipped with a note."""
     if os.path.isdir(path):
-        names = sorted(name for name in os.listdir(path) if name.lower().endswith(IMAGE_SUFFIXES))
-        if not names:
-            raise UsageError(f"The folder {path} (--image) holds no {'/'.join(IMAGE_SUFFIXES)} files.")
-        return [os.path.join(path, name) for name in names]
+        names = sorted(os.listdir(path))
+        found = [name for name in names if images.is_image_file(os.path.join(path, name))]
+        if not found:
+            raise UsageError(f"The folder {path} (--image) holds no image file (any format Pillow reads) and no "
+                             f".npy array ({len(names)} other entries).")
+        skipped = [figures.display_name(name) for name in sorted(set(names) - set(found))]
+        if skipped:
+            shown = ", ".join(skipped[:SKIPPED_NAMES_SHOWN]) + (", ..." if len(skipped) > SKIPPED_NAMES_SHOWN else "")
+            print(f"note: skipped {len(skipped)} entries of {figures.display_name(path)} that are not images: "
+                  f"{shown}", file=sys.stderr)
+        return [os.path.join(path, name) for name in found]
     if not os.path.isfile(path):
         raise UsageError(f"--image {path} is neither an image file nor a folder.")
     return [path]

@@ -24,7 +24,8 @@ def get_args_parser():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     mode = parser.add_mutually_exclusive_group(required=True)
     mode.add_argument("--image", metavar="PATH",
-                      help="image file, or .npy (H x W x 3 or 3 x H x W; uint8, or float in [0, 1] or [0, 255])")
+                      help="image file (any format Pillow reads), or .npy (H x W x 3 or 3 x H x W; uint8, uint16 "
+                           "over 0..65535, or float in [0, 1])")
     mode.add_argument("--correlation", metavar="FEATURE.npy", help="draw the correlation of a saved feature map")
     mode.add_argument("--to-npy", metavar="IMAGE", help="convert an image to an H x W x 3 uint8 .npy")
     parser.add_argument("--checkpoint", metavar="CKPT",
@@ -63,6 +64,10 @@ def main(argv=None):
     except UsageError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except MemoryError:
+        print("error: ran out of memory; lower --dpi, --height/--width, or choose fewer or deeper --layers.",
+              file=sys.stderr)
+        return 2
     return 0
 
 
@@ -77,17 +82,20 @@ def convert(image_path, out):
     if os.path.abspath(path) == os.path.abspath(image_path):
         raise UsageError(f"--to-npy would overwrite its input {image_path}; pass --out with another path.")
     images.save_image_npy(image_path, path)
-    print(f"wrote {path}")
+    print(f"wrote {figures.display_name(path)}")
 
 
 def correlation(feature_path, out, dpi):
     feature_map = maps.load_feature_map(feature_path)
+    maps.check_correlation_memory(feature_map.shape, f"the feature map {figures.display_name(feature_path)}",
+                                  "this map has too many positions to draw here: save the map of a deeper layer, "
+                                  "or of a smaller input (--height/--width), and draw that")
     matrix = maps.spatial_correlation(feature_map)
     stem = os.path.splitext(os.path.basename(feature_path))[0]
     path = os.path.join(figures.output_folder(out), f"{stem}_corr.png")
     channels, height, width = feature_map.shape
     figures.plot_correlation(matrix, path, f"{stem}: {channels} channels, {height}x{width} positions", dpi)
-    print(f"{figures.correlation_title(matrix)}  ({path})")
+    print(f"{figures.correlation_title(matrix)}  ({figures.display_name(path)})")
 
 
 def extract(args):
@@ -106,10 +114,15 @@ def extract(args):
     if None in (args.height, args.width) and len({size for size in sizes if size is not None}) > 1:
         print(f"note: the two checkpoints were trained at different sizes; both get {height}x{width} "
               f"(--height/--width).", file=sys.stderr)
+    maps.check_input_memory(height, width, count=len(named_models))
     image, batch = maps.prepare_image(original, height, width)
+    layer_maps = [maps.extract_feature_maps(model, batch, args.layers) for _, model in named_models]
+    for layer in args.layers:
+        maps.check_correlation_memory(layer_maps[0][layer].shape, layer,
+                                      f"lower --height/--width, or leave {layer} out of --layers (a deeper layer "
+                                      f"has fewer positions)", count=len(named_models))
     folder = figures.output_folder(args.out or "feature_maps")
     stem = os.path.splitext(os.path.basename(args.image))[0]
-    layer_maps = [maps.extract_feature_maps(model, batch, args.layers) for _, model in named_models]
     names = [name for name, _ in named_models]
     for layer in args.layers:
         if args.compare:
@@ -117,32 +130,34 @@ def extract(args):
                            args.dpi)
         else:
             _single_layer(image, stem, layer, folder, baseline_name, layer_maps[0][layer], args.dpi)
-    print(f"files written to {folder} (input {height}x{width})")
+    print(f"files written to {figures.display_name(folder)} (input {height}x{width})")
 
 
 def _single_layer(image, stem, layer, folder, model_name, feature_map, dpi):
-    """<stem>_<layer>.npy, the heatmap figure <stem>_<layer>.png and <stem>_<layer>_corr.png."""
-    maps.save_feature_map(os.path.join(folder, f"{stem}_{layer}.npy"), feature_map)
+    """The heatmap figure <stem>_<layer>.png, <stem>_<layer>_corr.png and <stem>_<layer>.npy, the figures first:
+    a figure too large for --dpi stops the tool before the layer's files are written."""
     _, channels, height, width = feature_map.shape
     figures.plot_feature_map(image, feature_map[0], os.path.join(folder, f"{stem}_{layer}.png"),
-                               f"{stem}: {layer} of {model_name} ({channels} channels)", dpi)
+                             f"{stem}: {layer} of {model_name} ({channels} channels)", dpi)
     matrix = maps.spatial_correlation(feature_map[0])
     figures.plot_correlation(matrix, os.path.join(folder, f"{stem}_{layer}_corr.png"),
-                               f"{stem}: {layer} of {model_name}, {height}x{width} positions", dpi)
+                             f"{stem}: {layer} of {model_name}, {height}x{width} positions", dpi)
+    maps.save_feature_map(os.path.join(folder, f"{stem}_{layer}.npy"), feature_map)
     print(f"{figures.correlation_title(matrix)}  ({layer})")
 
 
 def _compare_layer(image, stem, layer, folder, names, feature_maps, dpi):
-    """<stem>_<layer>_baseline.npy, <stem>_<layer>_dsp.npy and the side-by-side <stem>_<layer>_compare.png."""
+    """The side-by-side <stem>_<layer>_compare.png, then <stem>_<layer>_baseline.npy and <stem>_<layer>_dsp.npy."""
     models_maps = []
-    for name, feature_map, tag in zip(names, feature_maps, ("baseline", "dsp")):
-        maps.save_feature_map(os.path.join(folder, f"{stem}_{layer}_{tag}.npy"), feature_map)
+    for name, feature_map in zip(names, feature_maps):
         matrix = maps.spatial_correlation(feature_map[0])
         print(f"{figures.correlation_title(matrix)}  ({layer}, {name})")
         models_maps.append((name, feature_map[0], matrix))
     _, channels, height, width = feature_maps[0].shape
     figures.plot_comparison(image, models_maps, os.path.join(folder, f"{stem}_{layer}_compare.png"),
-                              f"{stem}: {layer}, {height}x{width} positions (baseline left, DSP right)", dpi)
+                            f"{stem}: {layer}, {height}x{width} positions (baseline left, DSP right)", dpi)
+    for feature_map, tag in zip(feature_maps, ("baseline", "dsp")):
+        maps.save_feature_map(os.path.join(folder, f"{stem}_{layer}_{tag}.npy"), feature_map)
 
 
 def _baseline(checkpoint_path, arch, default_arch):
@@ -163,9 +178,9 @@ def _baseline(checkpoint_path, arch, default_arch):
 
 
 def checkpoint_name(path):
-    """A checkpoint's file name with its folder, e.g. ``demo/model_best.pth.tar``."""
+    """A checkpoint's file name with its folder to show, e.g. ``demo/model_best.pth.tar``."""
     folder = os.path.basename(os.path.dirname(os.path.abspath(path)))
-    return f"{folder}/{os.path.basename(path)}" if folder else os.path.basename(path)
+    return figures.display_name(f"{folder}/{os.path.basename(path)}" if folder else os.path.basename(path))
 
 
 if __name__ == "__main__":

@@ -188,8 +188,9 @@ def _reason(error):
 
 TEMPORARY_PREFIX, TEMPORARY_SUFFIX = ".tmp-", ".pth.tar"
 # What an interrupted atomic write leaves in a logs folder: ``save``'s temporaries and those of results.json
-# (reid.evaluator.write_results) and metrics.csv (reid.experiment).
-STALE_TEMPORARIES = (f"{TEMPORARY_PREFIX}*{TEMPORARY_SUFFIX}", "results.json.tmp", "metrics.csv.tmp")
+# (reid.evaluator.write_results), metrics.csv (reid.experiment) and per_query*.csv (reid.evaluator.write_per_query).
+STALE_TEMPORARIES = (f"{TEMPORARY_PREFIX}*{TEMPORARY_SUFFIX}", "results.json.tmp", "metrics.csv.tmp",
+                     "per_query*.csv.tmp")
 _OUT_OF_SPACE = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 # Modules whose objects every checkpoint refers to: named last when saying what a refused file holds.
 _CHECKPOINT_MODULES = ("torch", "collections", "_codecs")

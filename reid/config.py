@@ -54,6 +54,8 @@ class DataConfig:
     seed: int = 1
     cuhk03: str = "labeled"
     name_pattern: str = None
+    camera_ranges: str = None  # -d custom: "0-4,5-9", cameras 1 and 2 by the file name's image index
+    split: str = None  # -d custom: "parity" splits one folder of every image by identity
 
 
 @dataclass
@@ -122,6 +124,7 @@ class RunConfig:
     evaluate: bool = False
     logs_dir: str = "logs"
     overwrite: bool = False
+    tensorboard: bool = True  # event files in logs_dir (reid.tensorboard_log)
     test_datasets: list = field(default_factory=list)  # [name, root] pairs evaluated after the test
     command: list = field(default_factory=list)
 

@@ -26,7 +26,8 @@ class PeerFailed(SystemExit):
 
 def parse_device(name, option):
     """``name`` as a ``torch.device``, or None for None; a UsageError, naming ``option`` (where the name came
-    from), for a name PyTorch does not know or for CUDA on a machine without a CUDA GPU."""
+    from), for a name PyTorch does not know, for CUDA on a machine without that CUDA GPU, and for a device this
+    PyTorch cannot compute on (``mps`` off a Mac, ``meta``, a backend it was not built with)."""
     if name is None:
         return None
     try:
@@ -34,10 +35,30 @@ def parse_device(name, option):
     except (RuntimeError, TypeError):
         raise UsageError(f"Unknown {option} {name!r}; use cpu, cuda or cuda:N (or leave it out: CUDA when there "
                          f"is a GPU, else the CPU).") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UsageError(f"{option} {name}: this machine has no CUDA GPU that PyTorch can use; run on the CPU with "
-                         f"{option} cpu, or leave {option} out.")
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UsageError(f"{option} {name}: this machine has no CUDA GPU that PyTorch can use; run on the CPU "
+                             f"with {option} cpu, or leave {option} out.")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            count = torch.cuda.device_count()
+            raise UsageError(f"{option} {name}: this machine has no CUDA GPU {device.index}; its {count} GPU(s) are "
+                             f"cuda:0 to cuda:{count - 1}.")
+    elif device.type != "cpu":
+        _check_computes(device, name, option)
     return device
+
+
+def _check_computes(device, name, option):
+    """Compute 1 + 1 on ``device`` and copy it back, the least a model needs; a UsageError if that fails.
+
+    Not for CUDA, which is checked above without creating a context (under torchrun every process would
+    create one on the first GPU)."""
+    try:
+        (torch.ones(1, device=device) + 1).cpu()
+    except Exception as error:  # each backend fails its own way: NotImplementedError, AssertionError, ...
+        reason = str(error).strip().splitlines()[0].split(". ")[0].rstrip(".") or type(error).__name__
+        raise UsageError(f"{option} {name}: this PyTorch cannot compute on {device.type} devices ({reason}); use "
+                         f"{option} cpu, or cuda on a machine with a CUDA GPU.") from None
 
 
 def init_from_environment(device_name=None):

@@ -3,8 +3,11 @@ epoch loop) and the final evaluation.
 
 Files written (by the main process only, see ``reid.run_files``): ``log.txt`` (a copy of stdout), ``metrics.csv``
 and ``curves.png`` (one row / point per epoch), ``checkpoint.pth.tar`` (every epoch), ``model_best.pth.tar``
-(best evaluated mAP), ``results.json`` (the final test metrics).
+(best evaluated mAP), ``results.json`` (the final test metrics), ``per_query.csv`` (each valid query's AP, first
+correct rank and INP: ``reid.evaluator.write_per_query``), ``run.json`` (the command and flags, for ``--rerun``) and
+TensorBoard's event files (``reid.tensorboard_log``).
 """
+import collections
 import contextlib
 import dataclasses
 import os
@@ -22,22 +25,30 @@ from .checkpoint import Checkpoint
 from .errors import RunInterrupted, UsageError
 from .losses import build_criterion
 from .stopping import StopRequest
+from .tensorboard_log import NO_BOARD, open_board
 from .trainer import LearningRateSchedule, build_optimizer, mixed_precision, train_one_epoch
 
 
-def run(config):
-    """Carry out a ``RunConfig``: train (or only evaluate) and write every file into ``config.logs_dir``."""
+def run(config, record=None, warnings=()):
+    """Carry out a ``RunConfig``: train (or only evaluate) and write every file into ``config.logs_dir``.
+
+    ``record`` (main.py's parsed flags) goes into the folder's run.json; ``warnings`` (settings that have no effect,
+    ``reid.recipes.ineffective``) are printed to stderr and log.txt before anything else is done.
+    """
     rank, world_size, device = distributed.init_from_environment(config.device.device)
     try:
         run_files.check_logs_dir_is_free(config.logs_dir, config.resume, config.evaluate, config.overwrite)
         with contextlib.ExitStack() as stack:
             stack.enter_context(distributed.peers_alive())
             if rank == 0:
-                log = stack.enter_context(open(run_files.prepare_logs_dir(config.logs_dir), "a", buffering=1,
-                                               errors="backslashreplace"))
+                log = stack.enter_context(run_files.claim_logs_dir(config.logs_dir, config.resume, config.evaluate,
+                                                                   config.overwrite))
                 stack.enter_context(contextlib.redirect_stdout(run_files.Tee(sys.stdout, log)))
                 for path in checkpoint.remove_stale_temporaries(config.logs_dir):
                     print(f"note: removed {path}, left half-written by an earlier run that was killed")
+                run_files.write_run_record(config.logs_dir, config, record or {})
+                for message in warnings:
+                    run_files.warn(message)
             else:
                 log = stack.enter_context(open(os.devnull, "w"))
                 stack.enter_context(contextlib.redirect_stdout(log))
@@ -57,8 +68,10 @@ def _run(config, rank, world_size, device):
         final_evaluation(built, built.trained_epochs)
         return
     state = restore(built)
-    last_results = fit(built, state)
-    final_evaluation(built, built.config.train.epochs, last_results)
+    with open_board(built.config.logs_dir, state.start_epoch + 1, built.config.to_dict(),
+                    built.config.tensorboard and built.is_main) as board:
+        last_results = fit(built, state, board)
+        final_evaluation(built, built.config.train.epochs, last_results, board)
 
 
 def _release_frames(error):
@@ -124,6 +137,8 @@ def build(config, rank, world_size, device):
                                                               combine_trainval=True), rank == 0))
                      for name, root in config.test_datasets]
     _check_scorable(config, dataset, test_datasets)
+    if config.train.epochs > 0 and not config.evaluate:
+        _check_trainable(config, dataset, world_size, warn=rank == 0)
     saved = checkpoint.read(config.resume) if config.resume else None
     height, width = _input_size(config.data, saved)
     if height // 16 < config.model.parts:
@@ -156,6 +171,33 @@ def _check_scorable(config, dataset, test_datasets):
                              f"(evaluating on the test split) instead.") from None
     for name, other in test_datasets:
         evaluator.check_scorable(other.query, other.gallery, f"test split of --test-dataset {name} at {other.root}")
+
+
+def _check_trainable(config, dataset, world_size, warn):
+    """Refuse a training split or batch on which the losses are 0 at every step (a single identity; one identity
+    per batch with the triplet loss); warn (when ``warn``) when no identity has --num-instances images."""
+    data, train = config.data, config.train
+    if dataset.num_train_ids < 2:
+        held_out = "" if data.combine_trainval else (f" (without --combine-trainval, --num-val {data.num_val} "
+                                                     f"identities are held out of it for validation)")
+        raise UsageError(f"The training split of {data.dataset} at {data.root} has a single identity{held_out}: "
+                         f"the cross-entropy over one class is 0 at every step, and the triplet loss has no other "
+                         f"identity to compare with, so nothing would train. Train on at least two identities.")
+    if not data.num_instances:
+        return
+    per_process = data.batch_size // world_size
+    if train.triplet_weight > 0 and per_process % data.num_instances == 0 and per_process < 2 * data.num_instances:
+        processes = f" ({per_process} images in each of {world_size} processes)" if world_size > 1 else ""
+        raise UsageError(
+            f"--triplet-weight {train.triplet_weight} with -b/--batch-size {data.batch_size}{processes} and "
+            f"--num-instances {data.num_instances} puts a single identity in each batch: the batch-hard triplet loss "
+            f"has no other identity to compare with and is 0 at every step. Use -b "
+            f"{2 * data.num_instances * world_size} or more (a multiple of {data.num_instances * world_size}), or "
+            f"--triplet-weight 0.")
+    most = max(collections.Counter(pid for _, pid, _ in dataset.train).values())
+    if warn and most < data.num_instances:
+        run_files.warn(f"--num-instances {data.num_instances}: no training identity has that many images (the most "
+                       f"is {most}), so every identity's group in a batch repeats some of its images.")
 
 
 def _check_resumable(config, saved):
@@ -210,7 +252,8 @@ def _load_dataset(data_config, is_main):
     def load(verbose):
         return datasets.create(data_config.dataset, data_config.root, combine_trainval=data_config.combine_trainval,
                                num_val=data_config.num_val, verbose=verbose, cuhk03=data_config.cuhk03,
-                               name_pattern=data_config.name_pattern)
+                               name_pattern=data_config.name_pattern, camera_ranges=data_config.camera_ranges,
+                               split=data_config.split)
 
     dataset = load(verbose=True) if is_main else None
     distributed.barrier()
@@ -327,7 +370,7 @@ def snapshot(built, state, epoch, step=0, partial=None):
 
 # Fit ------------------------------------------------------------------------------------------------------
 
-def fit(built, state):
+def fit(built, state, board=NO_BOARD):
     """The epoch loop: train, evaluate every --eval-freq epochs, save the checkpoints and the epoch files.
 
     Returns the last evaluation's results when they are of the test split (the final evaluation reuses them).
@@ -351,6 +394,7 @@ def fit(built, state):
                                    checkpoint_path, config.command)
             state.start_step, state.partial = 0, None
             row = _epoch_row(built, state, epoch, stats)
+            board.add_epoch(row, state.optimizer.param_groups)
             if (epoch + 1) % config.train.eval_freq == 0 or epoch + 1 == config.train.epochs:
                 with _naming_the_kept_checkpoint((checkpoint_path, _position(epoch + 1, 0))), \
                         _keeping_the_epoch(built, state, row, checkpoint_path):
@@ -358,6 +402,7 @@ def fit(built, state):
                                                       built.device, built.autocast_dtype, config.device.channels_last,
                                                       show_progress=built.is_main)
                 row.update(eval_split=eval_split, rank1=last_results["rank1"], mAP=last_results["mAP"])
+                board.add_evaluation(epoch + 1, last_results, config.data.dataset, eval_split)
             _end_epoch(built, state, row, checkpoint_path)
             last_saved = (checkpoint_path, _position(epoch + 1, 0))
             if stop:
@@ -515,9 +560,10 @@ def _epoch_line(row, epochs, optimizer):
 
 # Final evaluation -----------------------------------------------------------------------------------------
 
-def final_evaluation(built, epochs, results=None):
-    """Test-split metrics: printed as the original's table, saved to results.json (and rank lists); then those of
-    every --test-dataset, as extra sections of results.json.
+def final_evaluation(built, epochs, results=None, board=NO_BOARD):
+    """Test-split metrics: printed as the original's table, saved to results.json and each valid query's to
+    per_query.csv (and rank lists); then those of every --test-dataset, as extra sections of results.json and
+    per_query-<name>.csv files.
 
     ``epochs`` is the number of epochs the evaluated model was trained for; ``results`` are reused when the
     last training epoch already evaluated the test split.
@@ -525,24 +571,34 @@ def final_evaluation(built, epochs, results=None):
     config, dataset = built.config, built.dataset
     if results is None:
         results = _evaluate(built, dataset)
+        board.add_evaluation(epochs, results, config.data.dataset)
     others = [(name, other, _evaluate(built, other)) for name, other in built.test_datasets]
     if not built.is_main:
         return
     _print_results(config.data.dataset, dataset, results)
     record = evaluator.results_record(results, config.data.dataset, config.model, epochs, config.to_dict())
-    if others:
-        record["other_datasets"] = [{"dataset": name, "root": other.root,
-                                     **{key: other_results[key] for key in evaluator.HEADLINE_KEYS}}
-                                    for name, other, other_results in others]
+    record["per_query"] = "per_query.csv"
+    per_query_files = [("per_query.csv", dataset, results)]
+    for position, (name, other, other_results) in enumerate(others):
+        repeat = sum(earlier == name for earlier, _, _ in others[:position])
+        file_name = f"per_query-{name}-{repeat + 1}.csv" if repeat else f"per_query-{name}.csv"
+        per_query_files.append((file_name, other, other_results))
+        record.setdefault("other_datasets", []).append(
+            {"dataset": name, "root": other.root, **{key: other_results[key] for key in evaluator.HEADLINE_KEYS},
+             "per_query": file_name})
     for name, other, other_results in others:
         _print_results(name, other, other_results)
-    path = os.path.join(config.logs_dir, "results.json")
+        board.add_evaluation(epochs, other_results, name)
     try:
+        for file_name, split, split_results in per_query_files:
+            path = os.path.join(config.logs_dir, file_name)
+            evaluator.write_per_query(path, split.query, split_results["per_query"], split.root)
+        path = os.path.join(config.logs_dir, "results.json")
         evaluator.write_results(path, record)
     except OSError as error:
         message = f"Cannot write {path}: {error.strerror or error}; the metrics are printed above."
         raise UsageError(message) from None
-    print(f"results written to {path}")
+    print(f"results written to {path}, each query's to {', '.join(name for name, _, _ in per_query_files)}")
     if config.eval.visrank:
         folder = os.path.join(config.logs_dir, "visrank")
         figures.save_rank_lists(results["distances"], dataset.query, dataset.gallery, folder,

@@ -14,6 +14,20 @@ from .maps import activation_map
 from .errors import UsageError
 
 DPI = 100
+# The largest side a figure may have, in pixels: what matplotlib's Agg renderer draws in every version this
+# project supports (newer ones draw up to 2**23 - 1).
+MAX_FIGURE_SIDE = 2**16 - 1
+# Memory per pixel of a figure while it is drawn and saved: the RGBA canvas and the images resampled to their
+# size on it (measured on this module's figures: 15-31 bytes per pixel of the whole figure), rounded up.
+FIGURE_BYTES_PER_PIXEL = 32
+
+
+def display_name(path):
+    """``path`` (or text holding paths) as text to show in a figure or a message: bytes of a file name that are
+    not UTF-8, which Python keeps as surrogate escapes and matplotlib cannot draw, become the replacement
+    character U+FFFD, as ``ls`` shows them. Open and write files with the path itself. Every title the figures
+    here draw goes through it."""
+    return os.fsencode(path).decode("utf-8", errors="replace")
 
 
 def plot_curves(history, path):
@@ -69,7 +83,7 @@ def output_folder(path):
 
 def _image_axis(axis, picture, title, **options):
     axis.imshow(picture, **options)
-    axis.set_title(title, fontsize=9)
+    axis.set_title(display_name(title), fontsize=9)
     axis.set_xticks([])
     axis.set_yticks([])
 
@@ -82,7 +96,22 @@ def _correlation_axis(figure, axis, correlation):
     figure.colorbar(shown, ax=axis, fraction=0.046, pad=0.04)
 
 
-def _save(figure, path, dpi):
+def check_figure_size(figure, path, dpi, advice="lower --dpi"):
+    """Refuse, before it is drawn, a figure larger than ``MAX_FIGURE_SIDE`` a side at ``dpi`` or than the
+    memory available can draw; ``advice`` says which flag to lower."""
+    width, height = (int(round(side * dpi)) for side in figure.get_size_inches())
+    if max(width, height) > MAX_FIGURE_SIDE:
+        largest_dpi = int(MAX_FIGURE_SIDE / max(figure.get_size_inches()))
+        raise UsageError(f"The figure {display_name(path)} would be {width:,}x{height:,} pixels at {dpi} dpi, more "
+                         f"than the {MAX_FIGURE_SIDE:,} pixels a side a figure may have; {advice} (this figure "
+                         f"allows at most {largest_dpi} dpi).")
+    images.require_memory(width * height * FIGURE_BYTES_PER_PIXEL,
+                          f"Drawing the figure {display_name(path)} ({width:,}x{height:,} pixels at {dpi} dpi)",
+                          advice)
+
+
+def _save(figure, path, dpi, advice="lower --dpi"):
+    check_figure_size(figure, path, dpi, advice)
     try:
         figure.savefig(path, dpi=dpi, bbox_inches="tight", pad_inches=0.1)
     except OSError as error:
@@ -98,7 +127,7 @@ def plot_feature_map(image, feature_map, path, title, dpi=DPI):
     _image_axis(axes[1], heatmap, f"mean |map| ({feature_map.shape[1]}x{feature_map.shape[2]})", cmap="jet",
                 vmin=0, vmax=1)
     _image_axis(axes[2], heat_overlay(image, heatmap), "overlay")
-    figure.suptitle(title, fontsize=10)
+    figure.suptitle(display_name(title), fontsize=10)
     figure.tight_layout()
     _save(figure, path, dpi)
 
@@ -109,7 +138,7 @@ def plot_correlation(correlation, path, title=None, dpi=DPI):
     axis = figure.subplots()
     _correlation_axis(figure, axis, correlation)
     if title:
-        figure.suptitle(title, fontsize=10)
+        figure.suptitle(display_name(title), fontsize=10)
     figure.tight_layout()
     _save(figure, path, dpi)
 
@@ -124,8 +153,8 @@ def plot_comparison(image, models_maps, path, title, dpi=DPI):
         overlay_axis, correlation_axis = panel.subplots(1, 2, width_ratios=(1, 3.3))
         _image_axis(overlay_axis, heat_overlay(image, activation_map(feature_map)), "mean |map|")
         _correlation_axis(panel, correlation_axis, correlation)
-        panel.suptitle(name, fontsize=10)
-    figure.suptitle(title, fontsize=11)
+        panel.suptitle(display_name(name), fontsize=10)
+    figure.suptitle(display_name(title), fontsize=11)
     _save(figure, path, dpi)
 
 
@@ -138,7 +167,7 @@ def plot_cam(image, cam, gates, path, title, dpi=DPI):
     axes = figure.subplots(1, len(panels))
     for axis, (name, picture) in zip(axes, panels):
         _image_axis(axis, picture, name)
-    figure.suptitle(title, fontsize=10)
+    figure.suptitle(display_name(title), fontsize=10)
     figure.tight_layout()
     _save(figure, path, dpi)
 
@@ -207,4 +236,4 @@ def plot_rank_list(query_path, query_title, matches, path):
                 spine.set_edgecolor("limegreen" if match.same_identity else "red")
                 spine.set_linewidth(4)
     figure.tight_layout()
-    _save(figure, path, DPI)
+    _save(figure, path, DPI, advice="show fewer matches (--visrank, --top)")

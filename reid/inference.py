@@ -7,53 +7,66 @@
 Images are resized to the checkpoint's input size as the evaluator resizes them and embedded through
 ``evaluator.embed_batch``, so the features are those ``main.py --evaluate`` computes for the same files.
 """
+import numbers
 import os
 
 import numpy as np
 import torch
 from PIL import Image
-from torchvision.transforms import v2
 
 from . import data, distributed, evaluator, models
 from .errors import UsageError
-from .images import image_from_array, read_image
+from .images import image_from_array, image_from_pil, read_image
 
 
 class FeatureExtractor:
     """Embed images with the model of a training checkpoint (``model_best.pth.tar`` or ``checkpoint.pth.tar``).
 
-    ``extractor(images)`` takes one image or a list of them: file paths, PIL images, H x W x 3 arrays (uint8,
-    or float in [0, 1] or [0, 255], as ``reid.images.image_from_array`` reads them), 3 x H x W tensors
-    (uint8, or float in [0, 1] as torchvision uses them) or N x 3 x H x W tensors, and returns an (N, D)
-    float32 CPU tensor. With ``flip`` each feature is averaged with that of the mirrored image
-    (``--flip-test``). ``device``: a torch device or its name; default CUDA when available, else the CPU.
+    ``extractor(images)`` takes one image or a list of them and returns an (N, D) float32 CPU tensor. Every
+    kind becomes the same 8-bit RGB picture before it is resized (``reid.images``), so a picture gives the same
+    features whichever kind holds it:
+
+    - file paths, in any format Pillow reads;
+    - PIL images (EXIF orientation applied, as for files);
+    - numpy arrays, H x W x C or C x H x W (C = 1 to 4) or H x W, and ``torch`` tensors, C x H x W: uint8;
+      uint16, a 16-bit image over 0..65535 like a 16-bit PNG; float in [0, 1] (torchvision's convention;
+      values outside it are refused, never rescaled);
+    - N x C x H x W tensors and N x H x W x C arrays, which count as N images.
+
+    With ``flip`` each feature is averaged with that of the mirrored image (``--flip-test``). ``device``: a
+    torch device or its name; default CUDA when available, else the CPU. ``batch_size``: images per forward
+    pass, a whole number from 1.
     """
 
     def __init__(self, checkpoint, device=None, batch_size=64, flip=False):
-        if batch_size < 1:
-            raise UsageError(f"FeatureExtractor: batch_size must be at least 1, got {batch_size}.")
+        if not isinstance(checkpoint, (str, os.PathLike)):
+            raise UsageError(f"FeatureExtractor: checkpoint must be the path of a checkpoint file, got a "
+                             f"{type(checkpoint).__name__}.")
+        if not isinstance(batch_size, numbers.Integral) or isinstance(batch_size, (bool, np.bool_)) \
+                or batch_size < 1:
+            raise UsageError(f"FeatureExtractor: batch_size must be a whole number of images, 1 or more, got "
+                             f"{batch_size!r} ({type(batch_size).__name__}).")
+        if not isinstance(flip, (bool, np.bool_)):
+            raise UsageError(f"FeatureExtractor: flip must be True or False, got {flip!r} "
+                             f"({type(flip).__name__}).")
         self.device = _device(device)
         model, saved = models.load_trained_model(os.fspath(checkpoint))
         self.model = model.to(self.device)
         self.checkpoint = saved
         self.input_size = tuple(saved.input_size)
-        self.batch_size = batch_size
-        self.flip = flip
+        self.batch_size = int(batch_size)
+        self.flip = bool(flip)
         self._resize = data.build_transform(*self.input_size, train=False)
 
     def __call__(self, images):
-        pictures = [self._resize(_image_tensor(image)) for image in _as_list(images)]
+        pictures = [self._resize(_image_tensor(image, number))
+                    for number, image in enumerate(_as_list(images), start=1)]
         if not pictures:
             return torch.empty(0, 0)
-        chunks = [self._embed(pictures[start:start + self.batch_size])
+        chunks = [evaluator.embed_batch(self.model, torch.stack(pictures[start:start + self.batch_size]),
+                                        self.device, flip=self.flip)
                   for start in range(0, len(pictures), self.batch_size)]
         return torch.cat(chunks).cpu()
-
-    def _embed(self, pictures):
-        """One batch of resized (3, H, W) tensors; uint8 batches stay uint8, exactly as the evaluator's."""
-        if any(picture.dtype != torch.uint8 for picture in pictures):
-            pictures = [v2.functional.to_dtype(picture, torch.float32, scale=True) for picture in pictures]
-        return evaluator.embed_batch(self.model, torch.stack(pictures), self.device, flip=self.flip)
 
 
 def _device(name):
@@ -64,7 +77,7 @@ def _device(name):
 
 
 def _as_list(images):
-    """One image or a sequence of them -> a list; an N x 3 x H x W tensor or N x H x W x 3 array -> its rows."""
+    """One image or a sequence of them -> a list; an N x C x H x W tensor or N x H x W x C array -> its rows."""
     if isinstance(images, (list, tuple)):
         return list(images)
     if isinstance(images, (torch.Tensor, np.ndarray)) and images.ndim == 4:
@@ -72,35 +85,19 @@ def _as_list(images):
     return [images]
 
 
-def _image_tensor(image):
-    """A path, PIL image, H x W x 3 array or 3 x H x W tensor -> a (3, H, W) uint8 tensor, or float32 in
-    [0, 1] for a float tensor."""
+def _image_tensor(image, number):
+    """Image ``number`` (1-based) of a call, of any kind -> a (3, H, W) uint8 tensor, through ``reid.images``."""
     if isinstance(image, (str, os.PathLike)):
-        path = os.fspath(image)
-        if not os.path.isfile(path):
-            raise UsageError(f"The image {path} does not exist (FeatureExtractor expects image files, PIL "
-                             f"images, arrays or tensors).")
-        return read_image(path)
+        return read_image(os.fspath(image))
     if isinstance(image, Image.Image):
-        return image_from_array(np.asarray(image.convert("RGB")), "a PIL image")
+        return image_from_pil(image, f"#{number} given to FeatureExtractor (a PIL image)")
     if isinstance(image, np.ndarray):
-        return image_from_array(image, "an array")
+        return image_from_array(image, f"#{number} given to FeatureExtractor (a numpy array)")
     if isinstance(image, torch.Tensor):
-        return _from_tensor(image)
-    raise UsageError(f"FeatureExtractor cannot read a {type(image).__name__}; pass file paths, PIL images, "
-                     f"H x W x 3 arrays or 3 x H x W tensors.")
-
-
-def _from_tensor(image):
-    if image.ndim != 3 or image.shape[0] != 3 or 0 in image.shape:
-        raise UsageError(f"FeatureExtractor got a tensor of shape {tuple(image.shape)}; expected 3 x H x W "
-                         f"(or N x 3 x H x W), RGB, as torchvision reads images.")
-    image = image.detach().cpu()
-    if image.dtype == torch.uint8:
-        return image
-    if not image.is_floating_point():
-        raise UsageError(f"FeatureExtractor got a {image.dtype} tensor; expected uint8, or float in [0, 1].")
-    if not torch.isfinite(image).all() or image.min() < 0 or image.max() > 1:
-        raise UsageError("FeatureExtractor got a float tensor with values outside [0, 1] (or NaN/inf); float "
-                         "tensors are read as torchvision's to_tensor gives them, in [0, 1].")
-    return image.float()
+        pixels = image.detach().cpu()
+        if pixels.is_floating_point():
+            pixels = pixels.float()  # numpy has no bfloat16; every float becomes float32 there anyway
+        return image_from_array(pixels.numpy(), f"#{number} given to FeatureExtractor (a tensor)",
+                                channels_first=True)
+    raise UsageError(f"FeatureExtractor cannot read a {type(image).__name__} (image #{number}); pass file paths, "
+                     f"PIL images, numpy arrays or tensors.")

@@ -15,6 +15,13 @@ from .errors import UsageError
 
 LAYERS = ("layer1", "layer2", "layer3", "layer4", "dsa1", "dsa2", "dsa3")
 CAM_LAYERS = ("layer1", "layer2", "layer3", "layer4")
+# Memory per input pixel of the forward pass that gives the feature maps, and of Grad-CAM's forward and backward
+# passes (measured at 768x256: at most 512 and 4,366 bytes, ResNet-50 and ResNet-152), rounded up.
+FORWARD_BYTES_PER_PIXEL = 1024
+GRAD_CAM_BYTES_PER_PIXEL = 6144
+# Memory per entry of a correlation matrix while it is computed and drawn: the float64 matrix and matplotlib's
+# copies of it (measured on 2,304 and 4,096 positions: 82-84 bytes), rounded up.
+CORRELATION_BYTES_PER_ENTRY = 96
 
 
 def load_feature_map(path):
@@ -44,6 +51,25 @@ def prepare_image(image, height, width):
     resized = TF.resize(image, [height, width], antialias=True)
     batch = data.to_model_input(resized.unsqueeze(0), "cpu")
     return resized.permute(1, 2, 0).numpy(), batch
+
+
+def check_input_memory(height, width, grad_cam=False, count=1):
+    """Refuse an input size whose forward pass (or Grad-CAM's, with ``grad_cam``) through ``count`` models would
+    not fit in the memory available, before the image is resized."""
+    per_pixel = GRAD_CAM_BYTES_PER_PIXEL if grad_cam else FORWARD_BYTES_PER_PIXEL
+    images.require_memory(count * height * width * per_pixel,
+                          f"{'Grad-CAM' if grad_cam else 'The forward pass'} at the input size {height}x{width}",
+                          "lower --height/--width")
+
+
+def check_correlation_memory(shape, what, advice, count=1):
+    """Refuse, before computing them, ``count`` correlation matrices of maps of shape (..., h, w) and their figure
+    when they would not fit in the memory available: (h*w)^2 entries each."""
+    height, width = shape[-2:]
+    positions = height * width
+    images.require_memory(count * positions**2 * CORRELATION_BYTES_PER_ENTRY,
+                          f"The correlation figure of {what} ({height}x{width} = {positions:,} positions, a "
+                          f"{positions:,} x {positions:,} matrix)", advice)
 
 
 def baseline_model(arch):
@@ -133,7 +159,11 @@ def spatial_correlation(feature_map):
     1 with itself, so the matrix never holds NaN.
     """
     feature_map = np.asarray(feature_map, dtype=np.float64)
-    vectors = feature_map.reshape(feature_map.shape[0], -1).T
+    channels, positions = feature_map.shape[0], feature_map[0].size
+    images.require_memory(8 * (positions**2 + 4 * positions * channels),
+                          f"The correlation matrix of a map of {positions:,} positions",
+                          "use a map with fewer positions")
+    vectors = feature_map.reshape(channels, -1).T
     constant = np.ptp(vectors, axis=1) == 0
     centred = vectors - vectors.mean(axis=1, keepdims=True)
     norms = np.linalg.norm(centred, axis=1, keepdims=True)

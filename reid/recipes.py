@@ -10,6 +10,7 @@ import dataclasses
 
 from .config import RunConfig
 from .errors import UsageError
+from .trainer import ADAM_BETAS
 
 RECIPES = ("paper", "strong")
 
@@ -78,8 +79,9 @@ def apply(recipe, config, explicit):
 
 
 def validate(config):
-    """Refuse settings that cannot train together, with a UsageError naming the flags (an unknown --optimizer or
-    --lr-schedule is refused by ``reid.trainer``)."""
+    """Refuse settings that cannot train together, or under which nothing trains, with a UsageError naming the
+    flags (an unknown --optimizer or --lr-schedule is refused by ``reid.trainer``; a single training identity, and
+    one identity per batch with the triplet loss, by ``reid.experiment`` once the data is loaded)."""
     train, data = config.train, config.data
     if not 0 <= train.label_smoothing < 1:
         raise UsageError(f"--label-smoothing must be in [0, 1), got {train.label_smoothing}.")
@@ -96,6 +98,68 @@ def validate(config):
     if config.model.bnneck and config.model.feature == "reduced":
         raise UsageError("--bnneck has no reduced feature (its heads classify the stripes themselves): use "
                          "--feature parts or --feature global with it.")
+    trains = train.epochs > 0 and not config.evaluate
+    if trains and train.lr_schedule == "cosine" and train.warmup_epochs >= train.epochs:
+        raise UsageError(
+            f"--lr-schedule cosine with --warmup-epochs {train.warmup_epochs}{_origin(config, 'train.warmup_epochs')} "
+            f"and --epochs {train.epochs} trains at lr 0 at every step: the cosine starts where the warm-up ends, and "
+            f"the run ends before that. Use --warmup-epochs below {train.epochs}, or more --epochs.")
+
+
+def ineffective(config, explicit):
+    """Warnings, one line each naming the flag, for settings that have no effect in this run, or not the one they
+    seem to ask for (``explicit``: the argparse destinations given on the command line). A user may mean them, so
+    they are not refused; ``validate`` refuses the settings under which nothing trains."""
+    train, data = config.train, config.data
+    if config.evaluate:
+        return []
+    if train.epochs == 0:
+        built_as = "its ImageNet backbone and untrained heads" if config.pretrained or config.pretrained_path else \
+            "random weights"
+        return [] if config.resume else [f"--epochs 0 trains nothing: the model is evaluated with {built_as}."]
+    messages = []
+    if train.warmup_epochs >= train.epochs:
+        messages.append(f"--warmup-epochs {train.warmup_epochs}{_origin(config, 'train.warmup_epochs')} lasts the "
+                        f"whole run (--epochs {train.epochs}): the lr rises at every step and reaches --lr "
+                        f"{train.lr} only at the last step, if at all.")
+    if train.lr_schedule == "cosine":
+        ignored = [flag for flag in ("--milestones", "--step-size") if dest(flag) in explicit]
+        if ignored:
+            messages.append(f"{' and '.join(ignored)} {'has' if len(ignored) == 1 else 'have'} no effect with "
+                            f"--lr-schedule cosine, which lowers the lr at every step.")
+    elif train.milestones:
+        unreached = [str(epoch) for epoch in train.milestones if epoch >= train.epochs]
+        if unreached:
+            messages.append(f"--milestones {' '.join(unreached)}{_origin(config, 'train.milestones')}: the run ends "
+                            f"before {'that epoch' if len(unreached) == 1 else 'those epochs'} (--epochs "
+                            f"{train.epochs}), so the lr is not lowered there.")
+        if "step_size" in explicit:
+            messages.append(f"--step-size {train.step_size} has no effect: --milestones "
+                            f"{_format(list(train.milestones))} set when the lr is lowered.")
+    elif "step_size" in explicit and train.step_size >= train.epochs:
+        messages.append(f"--step-size {train.step_size} is not shorter than the run (--epochs {train.epochs}): the "
+                        f"lr is never lowered.")
+    if train.optimizer == "adam" and "momentum" in explicit:
+        messages.append(f"--momentum {train.momentum} has no effect with --optimizer adam"
+                        f"{_origin(config, 'train.optimizer')}, which uses its betas {ADAM_BETAS}; it applies to "
+                        f"--optimizer sgd.")
+    if not train.triplet_weight and "margin" in explicit:
+        messages.append(f"--margin {train.margin} has no effect without the triplet loss (--triplet-weight 0).")
+    if not config.model.deep_supervision and "ds_weight" in explicit:
+        messages.append(f"--ds-weight {train.ds_weight} has no effect with --no-deep-supervision (there are no "
+                        f"L1..L3 heads).")
+    if data.combine_trainval and "num_val" in explicit:
+        messages.append(f"--num-val {data.num_val} has no effect with --combine-trainval, which holds no identity "
+                        f"out for validation.")
+    return messages
+
+
+def _origin(config, path):
+    """`` (the strong recipe's preset)`` when the setting at ``path`` has its recipe's preset value, else ``""``."""
+    recipe = config.train.recipe
+    value = _value(config.to_dict(), path)
+    preset = PRESETS.get(recipe, {})
+    return f" (the {recipe} recipe's preset)" if path in preset and value == preset[path] else ""
 
 
 def _value(run, path):

@@ -4,11 +4,11 @@ import math
 import time
 
 import torch
-from tqdm import tqdm
 
 from . import data
 from .errors import UsageError
 from .losses import part_accuracy
+from .progress import progress_bar
 
 ADAM_BETAS = (0.9, 0.999)
 LR_DECAY = 0.1
@@ -137,8 +137,8 @@ def train_one_epoch(model, criterion, optimizer, loader, device, epoch, scaler=N
     sums = {"loss": 0.0, "accuracy": 0.0}
     images_seen = steps_run = 0
     started = time.perf_counter()
-    progress = tqdm(loader, total=total_steps, initial=start_step, desc=f"epoch {epoch + 1}", leave=False,
-                    disable=not show_progress, dynamic_ncols=True)
+    progress = progress_bar(loader, total=total_steps, initial=start_step, desc=f"epoch {epoch + 1}", unit="step",
+                            every=print_freq, show=show_progress)
     for step, (images, targets, _, _) in enumerate(progress, start=start_step):
         if schedule is not None:
             schedule.set_position(epoch, step, total_steps)
@@ -154,8 +154,8 @@ def train_one_epoch(model, criterion, optimizer, loader, device, epoch, scaler=N
             sums[name] = sums.get(name, 0.0) + value
         images_seen += images.shape[0]
         steps_run += 1
-        if step % print_freq == 0:
-            progress.set_postfix(loss=f"{values['loss']:.3f}", acc=f"{values['accuracy']:.1%}")
+        if (step + 1) % print_freq == 0 or step + 1 == total_steps:
+            progress.set_postfix(_running_figures(sums, steps_run, images_seen, started))
         if stop and step + 1 < total_steps:
             progress.close()
             return _summary(sums, steps_run, images_seen, started, stopped_at=step + 1)
@@ -175,6 +175,13 @@ def _checked_values(loss, epoch, step):
             f"stopped before that step changed the model. Train again with a lower --lr (a resumed run keeps "
             f"the learning rate saved in its checkpoint).")
     return values
+
+
+def _running_figures(sums, steps_run, images_seen, started):
+    """The progress line's figures: the loss and accuracy averaged over the steps run so far, and images/s."""
+    seconds = max(time.perf_counter() - started, 1e-9)
+    return {"loss": f"{sums['loss'] / steps_run:.4f}", "acc": f"{sums['accuracy'] / steps_run:.1%}",
+            "img/s": f"{images_seen / seconds:.1f}"}
 
 
 def _summary(sums, steps_run, images_seen, started, stopped_at):

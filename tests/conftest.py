@@ -1,5 +1,8 @@
 """Shared fixtures."""
+import itertools
 import os
+import struct
+import zlib
 
 import pytest
 import torch
@@ -101,3 +104,45 @@ def trained(tiny_synthetic, tmp_path_factory):
     checkpoint.write(checkpoint.Checkpoint(model_config=config, model=model.state_dict(),
                                            input_size=TRAINED_INPUT_SIZE, epoch=1), path)
     return path
+
+
+def _signal_after(monkeypatch, owner, name, calls, signum):
+    """Wrap ``owner.name`` so that this process gets a real ``signum`` right after its ``calls``-th call.
+
+    The handler under test (``trainer.StopRequest``) then runs exactly as for a signal from outside, at a
+    known point: wrapping ``trainer.part_accuracy`` counts training steps, ``evaluator.evaluate`` evaluations.
+    """
+    real = getattr(owner, name)
+    count = itertools.count(1)
+
+    def wrapped(*args, **kwargs):
+        result = real(*args, **kwargs)
+        if next(count) == calls:
+            os.kill(os.getpid(), signum)
+        return result
+
+    monkeypatch.setattr(owner, name, wrapped)
+
+
+@pytest.fixture(scope="session")
+def signal_after():
+    return _signal_after
+
+
+def _write_rgb48_png(path, pixels):
+    """A 16-bit-per-channel RGB PNG (colour type 2, bit depth 16), written from the PNG specification: Pillow
+    cannot write this kind, which scanners and raw converters produce."""
+    height, width, _ = pixels.shape
+    scanlines = b"".join(b"\x00" + row.astype(">u2").tobytes() for row in pixels)
+
+    def chunk(kind, payload):
+        return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
+
+    header = struct.pack(">IIBBBBB", width, height, 16, 2, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(scanlines))
+                     + chunk(b"IEND", b""))
+
+
+@pytest.fixture(scope="session")
+def write_rgb48_png():
+    return _write_rgb48_png

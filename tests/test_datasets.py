@@ -232,7 +232,7 @@ def test_garbage_names_never_crash(name):
             assert pid >= -1 and 0 <= camid <= 8
 
 
-@pytest.mark.parametrize("name", ["0001_c0s1_000001_01.jpg", "0001_c1s1_000001_01.gif", "0001_c1s1_000001_01",
+@pytest.mark.parametrize("name", ["0001_c0s1_000001_01.jpg", "0001_c1s1_000001_01.txt", "0001_c1s1_000001_01",
                                   "-2_c1s1_000001_01.jpg", "._0001_c1s1_000001_01.jpg", "0001_c1s1_000001_01.jpg.bak",
                                   "0001_c12s1_000001_01.jpg"])
 def test_names_that_do_not_parse(name):
@@ -243,11 +243,30 @@ MARKET_BODIES = st.builds(lambda pid, cam: f"{'-1' if pid == -1 else f'{pid:04d}
                           st.integers(1, 9))
 
 
+def test_image_extensions_are_those_pillow_decodes():
+    readable = base.image_extensions()
+    assert {"jpg", "jpeg", "png", "bmp", "gif", "tif", "tiff", "webp", "ppm"} <= readable
+    assert not {"txt", "db", "json", "npy", "pdf", "h5", "py"} & readable, "non-images, or formats Pillow only names"
+    assert base.is_image_name("0001_00.BMP") and base.is_image_name("a.b.Jpeg")
+    assert not base.is_image_name(".jpg") and not base.is_image_name("jpg") and not base.is_image_name("a.jpg.bak")
+
+
 @settings(max_examples=30, deadline=None)
 @given(body=MARKET_BODIES, extension=st.text(st.characters(codec="ascii", categories=["L", "N"]), max_size=6))
 def test_only_image_extensions_are_accepted(body, extension):
     parsed = base.parse_name(f"{body}.{extension}", market.PATTERN)
-    assert (parsed is not None) == (extension.lower() in ("jpg", "jpeg", "png"))
+    assert (parsed is not None) == (extension.lower() in base.image_extensions())
+
+
+def test_bmp_images_are_read_like_jpegs(market_root, tmp_path):
+    """VIPeR ships BMP files: every format Pillow reads is an image of the dataset."""
+    query = os.path.join(market_root, "query")
+    Image.new("RGB", (2, 4)).save(os.path.join(query, market_name(4, 2, 6, "bmp")))
+    Image.new("RGB", (2, 4)).save(os.path.join(query, market_name(9, 3, 6, "tif")))
+    dataset = datasets.create("market", market_root, combine_trainval=True, verbose=False)
+    assert sorted(os.path.basename(path)[-4:] for path, _, _ in dataset.query) == [".bmp", ".jpg", ".jpg", ".tif"]
+    custom_dataset = datasets.create("custom", market_root, combine_trainval=True, verbose=False)
+    assert custom_dataset.query == dataset.query
 
 
 FILE_NAMES = st.one_of(
@@ -623,6 +642,157 @@ def test_custom_name_pattern_errors(market_root, pattern, message):
         datasets.create("custom", market_root, name_pattern=pattern, verbose=False)
 
 
+def test_custom_optional_group_names_the_file_and_the_pattern(market_root):
+    """A group that may match nothing used to crash with a TypeError; now the message names file and pattern."""
+    write(os.path.join(market_root, "query"), ["_c1s1_000001_01.jpg"])
+    pattern = r"^(?P<pid>\d+)?_c(?P<camid>\d+)"
+    with pytest.raises(UsageError) as error:
+        datasets.create("custom", market_root, name_pattern=pattern, verbose=False)
+    message = str(error.value)
+    assert message.startswith(os.path.join(market_root, "query", "_c1s1_000001_01.jpg"))
+    assert repr(pattern) in message and "group pid matched nothing" in message
+
+
+# One folder of every image, split by identity parity (--split parity) -----------------------------------------
+
+ONE_FOLDER = {0: (0, 1, 5), 1: (2, 0, 3, 7, 6), 2: (1, 6), 3: (4, 1, 9, 5), 4: (3,), 5: (0, 8, 5)}
+ONE_FOLDER_PATTERN = r"^(?P<pid>\d+)_(?P<index>\d+)\.jpg$"
+ONE_FOLDER_RULES = dict(name_pattern=ONE_FOLDER_PATTERN, camera_ranges="0-4,5-9", split="parity")
+
+
+def write_one_folder(root, images=ONE_FOLDER, extra=("notes.txt",)):
+    """``PPPP_II.jpg`` for each identity's image indices (II 00-04: camera 1, 05-09: camera 2), written in the
+    order given, each a different colour (no two are the same image); plus ``extra`` files."""
+    os.makedirs(root, exist_ok=True)
+    for pid, indices in images.items():
+        for index in indices:
+            colour = (pid * 30 % 256, index * 25, 90)
+            Image.new("RGB", (4, 8), colour).save(os.path.join(root, f"{pid:04d}_{index:02d}.jpg"))
+    write(root, list(extra))
+    return str(root)
+
+
+def names_of(items):
+    return [(os.path.basename(path), pid, camid) for path, pid, camid in items]
+
+
+def test_one_folder_split_by_parity(tmp_path, capsys):
+    root = write_one_folder(tmp_path / "people")
+    dataset = datasets.create("custom", root, combine_trainval=True, **ONE_FOLDER_RULES)
+    out = capsys.readouterr().out
+    assert out.startswith("Custom (one folder, parity split) dataset loaded\n")
+    assert table(out)[2:5] == [row("train", 3, 6), row("query", 3, 6), row("gallery", 3, 6)]
+    assert dataset.num_ignored == 1
+    assert names_of(dataset.train) == [("0000_00.jpg", 0, 0), ("0000_01.jpg", 0, 0), ("0000_05.jpg", 0, 1),
+                                       ("0002_01.jpg", 1, 0), ("0002_06.jpg", 1, 1), ("0004_03.jpg", 2, 0)]
+    assert names_of(dataset.query) == [("0001_00.jpg", 1, 0), ("0001_06.jpg", 1, 1), ("0003_01.jpg", 3, 0),
+                                       ("0003_05.jpg", 3, 1), ("0005_00.jpg", 5, 0), ("0005_05.jpg", 5, 1)]
+    assert names_of(dataset.gallery) == [("0001_02.jpg", 1, 0), ("0001_03.jpg", 1, 0), ("0001_07.jpg", 1, 1),
+                                         ("0003_04.jpg", 3, 0), ("0003_09.jpg", 3, 1), ("0005_08.jpg", 5, 1)]
+
+
+def test_one_folder_split_is_deterministic(tmp_path):
+    """The same files, written in another order into another folder, give the same split."""
+    first = datasets.create("custom", write_one_folder(tmp_path / "a"), combine_trainval=True, verbose=False,
+                            **ONE_FOLDER_RULES)
+    reordered = {pid: tuple(reversed(indices)) for pid, indices in reversed(ONE_FOLDER.items())}
+    second = datasets.create("custom", write_one_folder(tmp_path / "b", reordered), combine_trainval=True,
+                             verbose=False, **ONE_FOLDER_RULES)
+    for split in ("train", "query", "gallery"):
+        assert names_of(getattr(first, split)) == names_of(getattr(second, split))
+    held_out = datasets.create("custom", tmp_path / "a", num_val=1, verbose=False, **ONE_FOLDER_RULES)
+    assert names_of(held_out.val_query) == [("0000_00.jpg", 0, 0), ("0000_05.jpg", 0, 1)], "per camera"
+    assert names_of(held_out.val_gallery) == [("0000_01.jpg", 0, 0)]
+
+
+def test_one_folder_query_is_the_lowest_index_not_the_first_name(tmp_path):
+    write(tmp_path, ["0001_12.jpg", "0001_7.jpg", "0001_3.jpg", "0001_10.jpg", "0001_2.jpg", "0000_1.jpg"])
+    dataset = datasets.create("custom", tmp_path, combine_trainval=True, verbose=False, split="parity",
+                              name_pattern=r"^(?P<pid>\d+)_(?P<index>\d+)\.", camera_ranges="0-4,5-19")
+    assert names_of(dataset.query) == [("0001_2.jpg", 1, 0), ("0001_7.jpg", 1, 1)]
+    assert names_of(dataset.gallery) == [("0001_3.jpg", 1, 0), ("0001_10.jpg", 1, 1), ("0001_12.jpg", 1, 1)]
+
+
+def test_one_folder_cameras_from_the_camid_group_or_none(tmp_path):
+    write(tmp_path / "market", ["0001_c1_a.jpg", "0001_c3_b.jpg", "0001_c3_c.jpg", "0002_c2_a.jpg"])
+    dataset = datasets.create("custom", tmp_path / "market", combine_trainval=True, verbose=False, split="parity")
+    assert names_of(dataset.query) == [("0001_c1_a.jpg", 1, 0), ("0001_c3_b.jpg", 1, 2)]
+    assert names_of(dataset.gallery) == [("0001_c3_c.jpg", 1, 2)]
+    write(tmp_path / "plain", ["bob-2.jpg", "bob-1.jpg", "ann-1.jpg", "cat-1.jpg"])
+    dataset = datasets.create("custom", tmp_path / "plain", combine_trainval=True, verbose=False, split="parity",
+                              name_pattern=r"^(?P<pid>[a-z]+)-")
+    assert names_of(dataset.train) == [("ann-1.jpg", 0, 0), ("cat-1.jpg", 1, 0)], "names numbered in sorted order"
+    assert names_of(dataset.query) == [("bob-1.jpg", 0, 0)] and names_of(dataset.gallery) == [("bob-2.jpg", 0, 1)]
+
+
+@pytest.mark.parametrize("images,extra,message", [
+    ({}, ("0007.jpg",), r"0007\.jpg: the name does not match --name-pattern '.*index.*'\. With --split, every "
+                        r"image directly in"),
+    ({3: (12,)}, (), r"0003_12\.jpg: the image index 12 is in no range of --camera-ranges 0-4,5-9"),
+    ({7: (0, 1)}, (), r"the test identity 0007 is seen by camera 1 only \(e\.g\. .*0007_00\.jpg; 1 of the 4 test "
+                      r"identities are\)\. --split parity"),
+    ({9: (0, 5)}, (), r"0009_00\.jpg: the query identity 9 has no image in the gallery"),
+])
+def test_one_folder_errors_name_the_file_and_the_rule(tmp_path, images, extra, message):
+    root = write_one_folder(tmp_path, {**ONE_FOLDER, **images}, extra)
+    with pytest.raises(UsageError, match=message) as error:
+        datasets.create("custom", root, verbose=False, **ONE_FOLDER_RULES)
+    assert str(tmp_path) in str(error.value) and "\n" not in str(error.value)
+
+
+@pytest.mark.parametrize("options,message", [
+    (dict(camera_ranges="0-4;5-9"), r"--camera-ranges '0-4;5-9': '0-4;5-9' is not a range of image indices"),
+    (dict(camera_ranges="4-0,5-9"), r"the range 4-0 ends before it starts"),
+    (dict(camera_ranges="0-5,5-9"), r"the ranges 0-5 and 5-9 overlap"),
+    (dict(name_pattern=r"^(?P<pid>\d+)_(?P<camid>\d)(?P<index>\d)"), r"has a camid group and --camera-ranges"),
+    (dict(name_pattern=r"^(?P<pid>\d+)_"), r"has no named group index; it needs \(\?P<pid>\.\.\.\) and "
+                                            r"\(\?P<index>\.\.\.\)"),
+    (dict(name_pattern=r"^(?P<pid>\d+)_(?P<index>\d+)?"), r"0006_x\.jpg: --name-pattern .* its group index "
+                                                          r"matched nothing"),
+    (dict(split="halves"), r"Unknown --split 'halves'; choose one of: parity"),
+])
+def test_one_folder_rule_errors(tmp_path, options, message):
+    root = write_one_folder(tmp_path, extra=("0006_x.jpg",))
+    with pytest.raises(UsageError, match=message):
+        datasets.create("custom", root, verbose=False, **{**ONE_FOLDER_RULES, **options})
+
+
+def test_one_folder_layout_errors(tmp_path):
+    root = write_one_folder(tmp_path / "people")
+    with pytest.raises(UsageError, match=r"none of the expected forms .* It holds images directly: to split that "
+                                         r"one folder by identity, add --split parity"):
+        datasets.create("custom", root, verbose=False)
+    write(tmp_path / "empty", ["notes.txt"])
+    with pytest.raises(UsageError, match=r"empty \(--split parity\) holds no image files .*it contains: notes\.txt"):
+        datasets.create("custom", tmp_path / "empty", verbose=False, **ONE_FOLDER_RULES)
+    evens = write_one_folder(tmp_path / "evens", {0: (0, 5), 2: (0, 5)})
+    with pytest.raises(UsageError, match=r"has no odd-numbered identity, so --split parity leaves its test split "
+                                         r"empty \(2 identities in all\)"):
+        datasets.create("custom", evens, verbose=False, **ONE_FOLDER_RULES)
+    lists = custom_lists(tmp_path / "lists")
+    with pytest.raises(UsageError, match=r"--camera-ranges 0-4,5-9 reads the image index in file names; list files"):
+        datasets.create("custom", lists, verbose=False, camera_ranges="0-4,5-9")
+
+
+def test_camera_ranges_in_image_folders(tmp_path):
+    write(tmp_path / "train", ["0001_00.jpg", "0001_07.jpg"])
+    write(tmp_path / "query", ["0002_01.jpg"])
+    write(tmp_path / "gallery", ["0002_05.jpg", "0002_09.jpg"])
+    dataset = datasets.create("custom", tmp_path, combine_trainval=True, verbose=False,
+                              name_pattern=ONE_FOLDER_PATTERN, camera_ranges="0-4,5-9")
+    assert labels(dataset.train) == [(0, 0), (0, 1)] and labels(dataset.gallery) == [(2, 1), (2, 1)]
+
+
+def test_main_checks_and_passes_the_one_folder_flags():
+    argv = ["-d", "custom", "--data-dir", "people", "--name-pattern", ONE_FOLDER_PATTERN,
+            "--camera-ranges", "0-4,5-9", "--split", "parity"]
+    config = main.run_config(main.get_args_parser().parse_args(argv), ["main.py", *argv])
+    assert (config.data.camera_ranges, config.data.split) == ("0-4,5-9", "parity")
+    for flag, value in (("--camera-ranges", "0-4,5-9"), ("--split", "parity")):
+        with pytest.raises(UsageError, match=f"{flag} applies to -d custom"):
+            main.check_args(main.get_args_parser().parse_args(["-d", "market", flag, value]))
+
+
 def test_parse_test_dataset():
     assert datasets.parse_test_dataset("market") == ("market", os.path.join("data", "market"))
     assert datasets.parse_test_dataset("Market-1501:/data/Market-1501") == ("market", "/data/Market-1501")
@@ -713,3 +883,15 @@ def test_main_passes_cuhk03_and_name_pattern_to_the_loaders(tiny_synthetic, tiny
                      "--name-pattern", r"^person(?P<pid>\d+)-cam(?P<camid>\d+)-")
     assert main.main(argv) == 0
     assert table(capsys.readouterr().out)[2:5] == [row("train", 7, 50), row("val", 1, 7), row("query", 6, 6)]
+
+
+@pytest.mark.slow
+def test_main_reads_one_folder_with_split_parity(tiny_args, tmp_path, capsys):
+    """--name-pattern, --camera-ranges and --split reach the loader (an untrained model is evaluated)."""
+    root = write_one_folder(tmp_path / "people")
+    argv = tiny_args(root, tmp_path / "logs", "-d", "custom", "--epochs", "0", "--combine-trainval",
+                     "--name-pattern", ONE_FOLDER_PATTERN, "--camera-ranges", "0-4,5-9", "--split", "parity")
+    assert main.main(argv) == 0
+    out = capsys.readouterr().out
+    assert "Custom (one folder, parity split) dataset loaded" in out
+    assert table(out)[2:5] == [row("train", 3, 6), row("query", 3, 6), row("gallery", 3, 6)]

@@ -55,8 +55,12 @@ def single_evaluation(ddp_args, ddp_run, tiny_synthetic, tmp_path_factory):
 
 def test_only_the_main_process_writes(ddp_run):
     logs, result = ddp_run
-    assert sorted(os.listdir(logs)) == ["checkpoint.pth.tar", "curves.png", "log.txt", "metrics.csv",
-                                        "model_best.pth.tar", "results.json"]
+    files = sorted(os.listdir(logs))
+    events = [name for name in files if name.startswith("events.out.tfevents.")]
+    assert len(events) == 1, files
+    assert [name for name in files if name not in events] == [
+        "checkpoint.pth.tar", "curves.png", "log.txt", "metrics.csv", "model_best.pth.tar", "per_query.csv",
+        "results.json", "run.json"]
     log = (logs / "log.txt").read_text()
     for line in ("command:", "x 2 processes", "Epoch 1/1", "Mean AP", "results written"):
         assert log.count(line) == 1, line

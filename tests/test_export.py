@@ -1,8 +1,13 @@
 """reid.export: the ONNX file run by onnxruntime and the TorchScript file run by torch.jit.load give PyTorch's
-features (max abs difference <= 1e-4) on real-looking images, for any batch size."""
+features (max abs difference <= 1e-4) on real-looking images, for any batch size; --out replaces only an earlier
+export of the same format, never the checkpoint or another file."""
+import hashlib
 import os
+import pathlib
+import shutil
 import subprocess
 import sys
+import warnings
 
 import onnx
 import onnxruntime
@@ -36,6 +41,17 @@ def photos(market_items, trained_input_size, tiny_synthetic):
     resize = data.build_transform(*trained_input_size, train=False)
     items = market_items(os.path.join(tiny_synthetic, "bounding_box_test"))[::3][:8]
     return torch.stack([resize(read_image(path)) for path, _, _ in items])
+
+
+def file_hashes(folder):
+    """{path: SHA-256 of its bytes, or where a symbolic link points} of every file under ``folder``."""
+    found = {}
+    for directory, _, names in os.walk(folder):
+        for name in names:
+            path = os.path.join(directory, name)
+            found[path] = (f"link to {os.readlink(path)}" if os.path.islink(path)
+                           else hashlib.sha256(pathlib.Path(path).read_bytes()).hexdigest())
+    return found
 
 
 def pytorch_features(checkpoint_path, images):
@@ -72,6 +88,9 @@ def test_the_onnx_graph_states_the_contract(trained_input_size, trained, tmp_pat
     assert returned.name == "features" and returned.type.tensor_type.elem_type == onnx.TensorProto.FLOAT
     session = onnxruntime.InferenceSession(out, providers=["CPUExecutionProvider"])
     assert [i.name for i in session.get_inputs()] == ["images"]
+    assert export.exported_format(out) == "onnx"
+    export.export(trained, out, "onnx")
+    assert export.exported_format(out) == "onnx" and os.listdir(tmp_path) == ["dsp.onnx"], "its own export replaced"
 
 
 @pytest.mark.parametrize("which", ["trained", "strong_gates"])
@@ -100,6 +119,56 @@ def test_bad_input_exits_2_with_a_message(trained, tmp_path, capsys):
     blocker.write_text("")
     assert export.main([trained, "--format", "torchscript", "--out", str(blocker / "dsp.pt")]) == 2
     assert "--out" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("export_format", ["onnx", "torchscript"])
+def test_out_is_never_the_checkpoint_nor_a_file_the_exporter_did_not_write(trained, export_format, tmp_path, capsys):
+    """--out names a new file or an earlier export in the same format (its marker says so): never the checkpoint,
+    also through a symbolic or hard link, nor another model or file."""
+    checkpoint_path = tmp_path / "model_best.pth.tar"
+    shutil.copy(trained, checkpoint_path)
+    (tmp_path / "symbolic.onnx").symlink_to(checkpoint_path)
+    os.link(checkpoint_path, tmp_path / "hard.pt")
+    (tmp_path / "notes.txt").write_text("not a model")
+    identity = onnx.helper.make_graph(
+        [onnx.helper.make_node("Identity", ["images"], ["features"])], "identity",
+        [onnx.helper.make_tensor_value_info("images", onnx.TensorProto.UINT8, ["N", 3, 8, 4])],
+        [onnx.helper.make_tensor_value_info("features", onnx.TensorProto.UINT8, ["N", 3, 8, 4])])
+    onnx.save(onnx.helper.make_model(identity), tmp_path / "other.onnx")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        torch.jit.save(torch.jit.script(torch.nn.Identity()), tmp_path / "other.pt")
+    (tmp_path / "folder").mkdir()
+    before = file_hashes(tmp_path)
+    suffix = ".onnx" if export_format == "onnx" else ".pt"
+    checkpoint_itself = "is the checkpoint being exported"
+    foreign = "exists and is not a file this exporter wrote; an export replaces no file but its own earlier export"
+    cases = {"model_best.pth.tar": checkpoint_itself, "symbolic.onnx": checkpoint_itself, "hard.pt": checkpoint_itself,
+             "notes.txt": foreign, "other.onnx": foreign, "other.pt": foreign, "folder": "is a folder; name the file"}
+    for name, message in cases.items():
+        assert export.main([str(checkpoint_path), "--format", export_format, "--out", str(tmp_path / name)]) == 2
+        error = capsys.readouterr().err
+        assert message in error and "Traceback" not in error, name
+        assert f"such as {'' if name != 'folder' else str(tmp_path / name) + os.sep}dsp{suffix}." in error, name
+    assert file_hashes(tmp_path) == before
+
+
+def test_an_export_replaces_its_own_earlier_export_of_that_format_only(trained, tmp_path, capsys):
+    out = tmp_path / "dsp.pt"
+    assert export.main([trained, "--format", "torchscript", "--out", str(out)]) == 0
+    assert export.exported_format(str(out)) == "torchscript"
+    (tmp_path / "current.pt").symlink_to(out)
+    assert export.main([trained, "--format", "torchscript", "--out", str(tmp_path / "current.pt")]) == 0
+    assert os.readlink(tmp_path / "current.pt") == str(out), "the file the link points to is replaced, not the link"
+    assert export.exported_format(str(out)) == "torchscript"
+    capsys.readouterr()
+    before = file_hashes(tmp_path)
+    assert export.main([trained, "--format", "onnx", "--out", str(out)]) == 2
+    error = capsys.readouterr().err
+    assert (f"--out {out} exists and is an export in TorchScript format; an export replaces no file but its own "
+            f"earlier export in ONNX format. Choose another --out, a new file such as dsp.onnx.") in error
+    assert file_hashes(tmp_path) == before
+    assert sorted(os.listdir(tmp_path)) == ["current.pt", "dsp.pt"], "no temporary file is left behind"
 
 
 def test_python_dash_m_runs_the_exporter(tmp_path):

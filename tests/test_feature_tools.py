@@ -8,11 +8,12 @@ import sys
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 from torchvision.io import write_png
 
 import single_features_cam
 import single_images_features_3
-from reid import checkpoint, models
+from reid import checkpoint, images, models
 
 torch.set_num_threads(2)
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -292,3 +293,129 @@ def test_sample_features_dry_run_trains_the_demo_first_and_compares_with_a_train
     assert training[0].endswith(f"--combine-trainval --flip-test --rerank --logs-dir {tmp_path}/demo")
     compare = [line for line in lines if "--compare" in line]
     assert len(compare) == 1 and compare[0].endswith(f"--checkpoint {baseline}")
+
+
+# Fault classes: sizes too large for memory, names that are not UTF-8, every format Pillow reads -----------------
+
+@pytest.fixture
+def earlier_output(tmp_path):
+    """An output folder holding a file of an earlier run, which a refused run must leave as it was."""
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "person_layer1.npy").write_bytes(b"an earlier run's map")
+    return out
+
+
+def assert_refused(capsys, code, *expected):
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("error: ") and "Traceback" not in err, err
+    for text in expected:
+        assert text in err, (text, err)
+
+
+def test_sizes_too_large_for_memory_are_refused_naming_the_flag_to_lower(files, tmp_path, capsys, monkeypatch,
+                                                                        earlier_output):
+    monkeypatch.setattr(images, "available_memory", lambda: 8 * 2**30)
+    image = ["--image", files["image"], "--out", str(earlier_output)]
+    code = single_images_features_3.main([*image, "--checkpoint", files["dsp"], "--height", "100000",
+                                          "--width", "100000"])
+    assert_refused(capsys, code, "error: The forward pass at the input size 100000x100000 needs about 9.3 TiB of "
+                                 "memory, but only 8.0 GiB is available; lower --height/--width.")
+    code = single_images_features_3.main([*image, "--checkpoint", files["dsp"], "--height", "512", "--width", "512"])
+    assert_refused(capsys, code, "error: The correlation figure of layer1 (128x128 = 16,384 positions, a 16,384 x "
+                                 "16,384 matrix) needs about 24.0 GiB of memory, but only 8.0 GiB is available; "
+                                 "lower --height/--width, or leave layer1 out of --layers (a deeper layer has fewer "
+                                 "positions).")
+    code = single_images_features_3.main([*image, "--checkpoint", files["dsp"], *SIZE, "--dpi", "100000"])
+    assert_refused(capsys, code, "more than the 65,535 pixels a side a figure may have; lower --dpi")
+    code = single_features_cam.main([*image, "--checkpoint", files["dsp"], "--height", "2048", "--width", "1024"])
+    assert_refused(capsys, code, "error: Grad-CAM at the input size 2048x1024 needs about 12.0 GiB of memory")
+    code = single_features_cam.main([*image, "--checkpoint", files["dsp"], *SIZE, "--dpi", "3000"])
+    assert_refused(capsys, code, "needs about", "of memory, but only 8.0 GiB is available; lower --dpi.")
+    np.save(tmp_path / "wide.npy", np.zeros((1, 8, 256, 256), np.float32))
+    code = single_images_features_3.main(["--correlation", str(tmp_path / "wide.npy"), "--out", str(earlier_output)])
+    assert_refused(capsys, code, "(256x256 = 65,536 positions, a 65,536 x 65,536 matrix) needs about 384.0 GiB",
+                   "save the map of a deeper layer, or of a smaller input (--height/--width)")
+    assert os.listdir(earlier_output) == ["person_layer1.npy"]
+    assert (earlier_output / "person_layer1.npy").read_bytes() == b"an earlier run's map"
+
+
+def test_a_huge_dpi_under_a_memory_limit_is_refused_without_a_traceback(tmp_path):
+    """The tool under ``ulimit -v`` (1 GiB above what it has mapped after its imports): the figure is refused
+    from its size instead of failing with MemoryError."""
+    np.save(tmp_path / "map.npy", np.random.default_rng(0).random((1, 8, 6, 2)).astype(np.float32))
+    code = ("import resource, sys, single_images_features_3; from reid import images; "
+            "used = images._meminfo('/proc/self/status', 'VmSize'); "
+            "resource.setrlimit(resource.RLIMIT_AS, (used + 2**30, resource.RLIM_INFINITY)); "
+            "sys.exit(single_images_features_3.main(sys.argv[1:]))")
+    result = subprocess.run([sys.executable, "-c", code, "--correlation", str(tmp_path / "map.npy"), "--dpi", "2000",
+                             "--out", str(tmp_path)], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.startswith("error: Drawing the figure ") and "lower --dpi." in result.stderr
+    assert "Traceback" not in result.stderr and not (tmp_path / "map_corr.png").exists()
+
+
+def test_names_that_are_not_utf8_are_shown_with_the_replacement_character(files, tmp_path, capsys):
+    """The file is read and the outputs are written under the real bytes of its name; titles and printed lines
+    show them as U+FFFD, as ls does."""
+    folder = os.fsencode(tmp_path)
+    source = os.path.join(folder, b"caf\xe9_\xff.png")
+    shutil.copy(files["image"], source)
+    out = tmp_path / "out"
+    argv = ["--checkpoint", files["dsp"], "--image", os.fsdecode(source), "--out", str(out), *SIZE]
+    assert single_features_cam.main(argv) == 0
+    assert os.listdir(os.fsencode(out)) == [b"caf\xe9_\xff_cam.png"]
+    assert "caf\ufffd_\ufffd.png: predicted identity" in capsys.readouterr().out
+    assert single_features_cam.main([*argv[:3], os.fsdecode(folder), *argv[4:]]) == 0
+    assert single_images_features_3.main([*argv, "--layers", "layer4"]) == 0
+    written = sorted(os.listdir(os.fsencode(out)))
+    assert written == [b"caf\xe9_\xff_cam.png", b"caf\xe9_\xff_layer4.npy", b"caf\xe9_\xff_layer4.png",
+                       b"caf\xe9_\xff_layer4_corr.png"]
+    models_folder = os.path.join(folder, b"mod\xe8les")
+    os.mkdir(models_folder)
+    shutil.copy(files["dsp"], os.path.join(models_folder, b"dsp.pth.tar"))
+    capsys.readouterr()
+    argv = ["--compare", os.fsdecode(os.path.join(models_folder, b"dsp.pth.tar")), "--image", os.fsdecode(source),
+            "-a", "resnet18", "--layers", "layer4", "--out", os.fsdecode(os.path.join(folder, b"compare")), *SIZE]
+    assert single_images_features_3.main(argv) == 0
+    assert "(layer4, DSP: mod\ufffdles/dsp.pth.tar)" in capsys.readouterr().out
+    assert os.listdir(os.path.join(folder, b"compare")) != []
+
+
+def test_a_folder_of_images_is_read_by_their_bytes_and_other_files_are_skipped_with_a_note(files, tmp_path, capsys):
+    """A BMP named .jpg (VIPeR ships BMPs), a TIFF without a suffix and a PNG are read; the text file and the
+    empty .jpg are not images and are named in a note."""
+    folder = tmp_path / "images"
+    folder.mkdir()
+    picture = Image.open(files["image"])
+    picture.save(folder / "viper.jpg", format="BMP")
+    picture.save(folder / "scan", format="TIFF")
+    picture.save(folder / "crop.png")
+    (folder / "notes.txt").write_text("not an image")
+    (folder / "empty.jpg").write_bytes(b"")
+    out = tmp_path / "cams"
+    assert single_features_cam.main(["--checkpoint", files["dsp"], "--image", str(folder), "--out", str(out),
+                                     *SIZE]) == 0
+    assert sorted(os.listdir(out)) == ["crop_cam.png", "scan_cam.png", "viper_cam.png"]
+    captured = capsys.readouterr()
+    assert f"note: skipped 2 entries of {folder} that are not images: empty.jpg, notes.txt" in captured.err
+    assert len(re.findall("predicted identity", captured.out)) == 3
+    for name in ("viper.jpg", "crop.png"):
+        argv = ["--checkpoint", files["dsp"], "--image", str(folder / name), "--layers", "layer2",
+                "--out", str(tmp_path / name), *SIZE]
+        assert single_images_features_3.main(argv) == 0
+    np.testing.assert_array_equal(np.load(tmp_path / "viper.jpg" / "viper_layer2.npy"),
+                                  np.load(tmp_path / "crop.png" / "crop_layer2.npy"))
+
+
+def test_a_directory_given_as_the_image_is_named_as_such(files, tmp_path, capsys):
+    code = single_images_features_3.main(["--image", str(tmp_path), "--checkpoint", files["dsp"], *SIZE])
+    assert_refused(capsys, code, f"error: The image {tmp_path} is a directory, not an image file (--image expects "
+                                 f"an image file or a .npy array).")
+
+
+def test_float_npy_images_outside_0_1_are_refused(files, tmp_path, capsys):
+    np.save(tmp_path / "floats.npy", np.full((64, 32, 3), 200.0, np.float32))
+    code = single_images_features_3.main(["--image", str(tmp_path / "floats.npy"), "--checkpoint", files["dsp"],
+                                          "--out", str(tmp_path), *SIZE])
+    assert_refused(capsys, code, "has float values from 200 to 200, outside [0, 1]. Float images are read in [0, 1]")

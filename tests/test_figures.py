@@ -8,7 +8,7 @@ from torchvision.io import write_png
 
 from matplotlib.axes import Axes
 
-from reid import figures, maps
+from reid import figures, images, maps
 from reid.errors import UsageError
 
 torch.set_num_threads(2)
@@ -77,3 +77,35 @@ def test_the_correlation_figure_is_titled_with_the_avg_corr_line(gradient_image,
         "Avg.Corr : 1.000", figures.correlation_title(mixed)]
 
 
+
+
+def test_a_figure_too_large_for_its_dpi_is_refused_before_it_is_drawn(tmp_path, monkeypatch):
+    """A figure is refused from its size before matplotlib allocates its canvas; a file already at its path is
+    left as it was."""
+    path = tmp_path / "same_corr.png"
+    path.write_bytes(b"an earlier figure")
+    correlation = maps.spatial_correlation(np.random.default_rng(0).normal(size=(8, 3, 2)))
+    with pytest.raises(UsageError) as refused:
+        figures.plot_correlation(correlation, str(path), dpi=100000)
+    assert str(refused.value) == (f"The figure {path} would be 600,000x540,000 pixels at 100000 dpi, more than the "
+                                  f"65,535 pixels a side a figure may have; lower --dpi (this figure allows at most "
+                                  f"10922 dpi).")
+    monkeypatch.setattr(images, "available_memory", lambda: 2**30)
+    with pytest.raises(UsageError) as refused:
+        figures.plot_correlation(correlation, str(path), dpi=3000)
+    assert str(refused.value) == (f"Drawing the figure {path} (18,000x16,200 pixels at 3000 dpi) needs about 8.7 GiB "
+                                  f"of memory, but only 1.0 GiB is available; lower --dpi.")
+    assert path.read_bytes() == b"an earlier figure"
+    figures.plot_correlation(correlation, str(path), dpi=50)
+    assert path.read_bytes().startswith(b"\x89PNG")
+
+
+def test_display_name_shows_bytes_that_are_not_utf8_as_the_replacement_character(tmp_path):
+    name = os.fsdecode(b"caf\xe9_\xff.png")
+    assert figures.display_name(name) == "caf\ufffd_\ufffd.png"
+    assert figures.display_name(b"/data/caf\xe9.png") == "/data/caf\ufffd.png"
+    assert figures.display_name(tmp_path / "plain.png") == str(tmp_path / "plain.png")
+    image = np.zeros((12, 6, 3), np.uint8)
+    path = tmp_path / name
+    figures.plot_cam(image, np.zeros((3, 2)), {"dsa1": np.zeros((3, 2))}, str(path), f"{name}: title")
+    assert os.path.isfile(os.path.join(os.fsencode(tmp_path), b"caf\xe9_\xff.png"))

@@ -2,8 +2,11 @@
 orientation, CMYK JPEGs, palettes and alpha; and .npy arrays converted the way those files are.
 
 Reference for how a picture should come out: Pillow, which viewers and most re-ID code use to open images."""
+import os
 import pickle
 import struct
+import subprocess
+import sys
 import zlib
 
 import numpy as np
@@ -11,11 +14,13 @@ import pytest
 import torch
 from PIL import Image, ImageOps
 from torchvision.io import write_png
+from torchvision.transforms.v2.functional import to_dtype
 
 from reid import data, images
 from reid.errors import UsageError
 
 RNG = np.random.default_rng(0)
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def blocks(height=32, width=16, block=8, channels=3):
@@ -34,21 +39,7 @@ def pillow_rgb(path):
         return as_tensor(ImageOps.exif_transpose(picture).convert("RGB"))
 
 
-def write_rgb48_png(path, pixels):
-    """A 16-bit-per-channel RGB PNG (colour type 2, bit depth 16), written from the PNG specification: Pillow
-    cannot write this kind, which scanners and raw converters produce."""
-    height, width, _ = pixels.shape
-    scanlines = b"".join(b"\x00" + row.astype(">u2").tobytes() for row in pixels)
-
-    def chunk(kind, payload):
-        return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
-
-    header = struct.pack(">IIBBBBB", width, height, 16, 2, 0, 0, 0)
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(scanlines))
-                     + chunk(b"IEND", b""))
-
-
-def test_a_16_bit_rgb_png_is_scaled_to_8_bits(tmp_path):
+def test_a_16_bit_rgb_png_is_scaled_to_8_bits(tmp_path, write_rgb48_png):
     pixels = RNG.integers(0, 65536, (24, 12, 3), dtype=np.uint16)
     path = tmp_path / "0001_c1s1_000001_00.png"
     write_rgb48_png(path, pixels)
@@ -102,7 +93,7 @@ def test_other_colour_modes_become_the_rgb_pillow_shows(tmp_path, mode, suffix):
     assert torch.equal(images.read_image(str(path)), pillow_rgb(path))
 
 
-def test_the_loaders_read_these_images_too(tmp_path):
+def test_the_loaders_read_these_images_too(tmp_path, write_rgb48_png):
     """Training and evaluation read through ``reid.data``; a 16-bit PNG and a GIF named .jpg go through."""
     gif, png = tmp_path / "0001_c1s1_000001_00.jpg", tmp_path / "0002_c1s1_000002_00.png"
     Image.fromarray(blocks()).save(gif, format="GIF")
@@ -113,11 +104,40 @@ def test_the_loaders_read_these_images_too(tmp_path):
     assert torch.equal(batch[0], pillow_rgb(gif))
 
 
-def test_a_format_torchvision_cannot_decode_is_named(tmp_path):
+@pytest.mark.parametrize("name", ["0003_c1s1_000003_00.jpg", "no_suffix"])
+@pytest.mark.parametrize("image_format", ["BMP", "TIFF", "PPM", "TGA", "PCX", "SGI"])
+def test_every_format_pillow_reads_is_read_by_its_bytes_not_its_name(tmp_path, image_format, name):
+    """VIPeR ships BMPs; users' folders hold TIFFs and PPMs, often under a .jpg name or none."""
+    pixels = blocks()
+    path = tmp_path / name
+    Image.fromarray(pixels).save(path, format=image_format)
+    assert torch.equal(images.read_image(str(path)), as_tensor(pixels))
+    assert torch.equal(images.load_image(str(path)), as_tensor(pixels)), "the feature tools' --image"
+    assert images.is_image_file(str(path))
+    loader = data.test_loader([(str(path), 1, 0)], height=32, width=16, batch_size=1, workers=0)
+    assert torch.equal(next(iter(loader))[0][0], as_tensor(pixels)), "training and evaluation"
+
+
+@pytest.mark.parametrize("content, reason", [(b"", "the file is empty"),
+                                             (b"user notes, not a picture\n", "Pillow does not recognise its format")])
+def test_a_file_pillow_does_not_recognise_is_named_with_the_reason(tmp_path, content, reason):
     path = tmp_path / "0003_c1s1_000003_00.jpg"
-    Image.fromarray(blocks()).save(path, format="BMP")
-    with pytest.raises(UsageError, match="0003_c1s1_000003_00.jpg.*Expected a JPEG, PNG, GIF or WebP file"):
+    path.write_bytes(content)
+    with pytest.raises(UsageError) as refused:
         images.read_image(str(path))
+    assert str(refused.value) == (f"Cannot read the image {path}: {reason}. Expected an image file (JPEG, PNG, BMP, "
+                                  f"GIF, TIFF, WebP or another format Pillow reads); remove or replace it.")
+    assert not images.is_image_file(str(path)) and path.read_bytes() == content
+
+
+def test_a_directory_or_a_missing_path_is_named_as_such(tmp_path):
+    with pytest.raises(UsageError, match=f"^The image {tmp_path} is a directory, not an image file.$"):
+        images.read_image(str(tmp_path))
+    with pytest.raises(UsageError, match=r"is a directory, not an image file \(--image expects an image file"):
+        images.load_image(str(tmp_path))
+    with pytest.raises(UsageError, match=f"^The image {tmp_path}/absent.png does not exist.$"):
+        images.read_image(str(tmp_path / "absent.png"))
+    assert not images.is_image_file(str(tmp_path))
 
 
 # .npy arrays, converted the way image files are ------------------------------------------------------------
@@ -142,7 +162,7 @@ def test_grayscale_arrays_are_repeated_to_three_channels(shape):
     assert torch.equal(image, torch.from_numpy(np.stack([gray] * 3)))
 
 
-def test_a_16_bit_array_is_scaled_like_a_16_bit_png(tmp_path):
+def test_a_16_bit_array_is_scaled_like_a_16_bit_png(tmp_path, write_rgb48_png):
     pixels = RNG.integers(0, 65536, (24, 12, 3), dtype=np.uint16)
     write_rgb48_png(tmp_path / "picture.png", pixels)
     assert torch.equal(images.image_from_array(pixels, "uint16"), images.read_image(str(tmp_path / "picture.png")))
@@ -209,14 +229,13 @@ def test_unreadable_images_name_the_file(write_image, tmp_path, content):
         images.read_image(str(path))
 
 
-@pytest.mark.parametrize("layout", ["hwc_uint8", "chw_uint8", "hwc_float01", "chw_float01", "hwc_float255",
-                                    "chw_float255"])
+@pytest.mark.parametrize("layout", ["hwc_uint8", "chw_uint8", "hwc_float01", "chw_float01", "hwc_float16"])
 def test_every_npy_layout_gives_the_same_tensor(gradient_image, tmp_path, layout):
     image = gradient_image()
     hwc = image.permute(1, 2, 0).numpy()
     arrays = {"hwc_uint8": hwc, "chw_uint8": image.numpy(), "hwc_float01": hwc / 255.0,
-              "chw_float01": (image.numpy() / 255.0).astype(np.float32), "hwc_float255": hwc.astype(np.float32),
-              "chw_float255": image.numpy().astype(np.float64)}
+              "chw_float01": (image.numpy() / 255.0).astype(np.float32),
+              "hwc_float16": (hwc / 255.0).astype(np.float16)}
     path = str(tmp_path / "image.npy")
     np.save(path, arrays[layout])
     loaded = images.load_image(path)
@@ -249,3 +268,134 @@ def test_bad_image_arrays_are_refused(tmp_path, array, message):
     np.save(path, array)
     with pytest.raises(UsageError, match=message):
         images.load_image(path)
+
+
+# Float and 16-bit arrays: one convention each, whatever the values -------------------------------------------
+
+def test_float_arrays_are_in_0_1_and_each_pixel_is_converted_on_its_own():
+    """The scale never depends on the values: a dark picture (all values at most 1/255) and a bright one are
+    converted pixel by pixel as torchvision's to_dtype converts them, so any part of an array converts alone
+    to what it gives within the whole."""
+    rng = np.random.default_rng(1)
+    dark, bright = rng.uniform(0, 0.5 / 255, (8, 12, 3)), rng.uniform(0, 1, (8, 12, 3))
+    for pixels in (dark, bright, np.concatenate([dark, bright])):
+        expected = to_dtype(torch.from_numpy(pixels.transpose(2, 0, 1).astype(np.float32)), torch.uint8, scale=True)
+        assert torch.equal(images.image_from_array(pixels, "floats"), expected)
+    whole = images.image_from_array(np.concatenate([dark, bright]), "whole")
+    assert torch.equal(whole[:, :8], images.image_from_array(dark, "dark"))
+    assert torch.equal(whole[:, 8:], images.image_from_array(bright, "bright"))
+    assert images.image_from_array(dark, "dark").max() == 0, "a dark picture stays dark: no rescaling by its maximum"
+
+
+@pytest.mark.parametrize("values, shown", [((0.0, 254.0), "from 0 to 254"), ((0.5, 1.0000001), "from 0.5 to 1"),
+                                           ((-0.01, 0.5), "from -0.01 to 0.5")])
+def test_floats_outside_0_1_are_refused_not_rescaled(tmp_path, values, shown):
+    """[0, 255] floats, and a [0, 1] array with one value slightly outside, are refused with the range found."""
+    pixels = np.full((8, 4, 3), values[0], np.float32)
+    pixels[0, 0, 0] = values[1]
+    np.save(tmp_path / "floats.npy", pixels)
+    before = (tmp_path / "floats.npy").read_bytes()
+    with pytest.raises(UsageError) as refused:
+        images.load_image(str(tmp_path / "floats.npy"))
+    message = str(refused.value)
+    assert message.startswith(f"The image {tmp_path / 'floats.npy'} has float values {shown}")
+    assert "outside [0, 1]" in message and "divide pixels in [0, 255] by 255" in message
+    assert (tmp_path / "floats.npy").read_bytes() == before
+
+
+def test_a_uint16_array_is_16_bit_over_the_full_range_and_8_bit_values_in_it_are_refused():
+    pixels = RNG.integers(0, 65536, (8, 4, 3), dtype=np.uint16)
+    assert torch.equal(images.image_from_array(pixels, "16-bit"), as_tensor((pixels >> 8).astype(np.uint8)))
+    assert images.image_from_array(np.zeros((8, 4), np.uint16), "black").max() == 0
+    eight_bit = RNG.integers(0, 256, (8, 4, 3)).astype(np.uint16)
+    with pytest.raises(UsageError, match=r"The image eight-bit is a uint16 array whose values are all at most "
+                                         r"\d+\. uint16 images are read over the full 16-bit range 0\.\.65535.*"
+                                         r"array\.astype\(numpy\.uint8\)"):
+        images.image_from_array(eight_bit, "eight-bit")
+
+
+@pytest.mark.parametrize("mode", ["I;16", "I;16B"])
+def test_a_16_bit_pil_image_gives_the_pixels_of_its_png_file(tmp_path, mode):
+    """Pillow's own convert('RGB') clips 16-bit samples at 255; the one conversion keeps the high byte."""
+    pixels = RNG.integers(256, 65536, (24, 12), dtype=np.uint16)
+    picture = Image.frombytes(mode, (12, 24), pixels.astype(">u2" if mode == "I;16B" else "<u2").tobytes())
+    Image.fromarray(pixels).save(tmp_path / "gray16.png")
+    from_file = images.read_image(str(tmp_path / "gray16.png"))
+    assert torch.equal(images.image_from_pil(picture, "picture"), from_file)
+    assert torch.equal(images.image_from_array(pixels, "array"), from_file)
+    with Image.open(tmp_path / "gray16.png") as opened:
+        assert torch.equal(images.image_from_pil(opened, "opened"), from_file)
+
+
+@pytest.mark.parametrize("mode", ["I", "F"])
+def test_32_bit_pil_images_have_no_agreed_scale_and_are_refused(mode):
+    picture = Image.new(mode, (4, 8), 3)
+    with pytest.raises(UsageError, match=f"The image given has 32-bit .* samples \\(PIL mode {mode}\\), which have "
+                                         f"no agreed scale"):
+        images.image_from_pil(picture, "given")
+
+
+# Images too large to decode ------------------------------------------------------------------------------------
+
+def write_black_png(path, width, height):
+    """A 1-bit black PNG of any size, written without the picture in memory: 30,000 x 30,000 is 110 kB."""
+    def chunk(kind, payload):
+        return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
+
+    rows = bytes(1 + (width + 7) // 8) * 1000
+    compressor = zlib.compressobj()
+    idat = b"".join(compressor.compress(rows[:len(rows) // 1000 * min(1000, height - done)])
+                    for done in range(0, height, 1000)) + compressor.flush()
+    header = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", idat) + chunk(b"IEND", b""))
+    return str(path)
+
+
+@pytest.fixture(scope="session")
+def huge_png(tmp_path_factory):
+    """A 30,000 x 30,000 PNG: 0.1 MB on disk, 2.7 GB decoded to RGB."""
+    return write_black_png(tmp_path_factory.mktemp("huge") / "0001_c1s1_000001_00.png", 30000, 30000)
+
+
+def test_an_image_that_decodes_to_gigabytes_is_refused_from_its_header(huge_png):
+    before = os.path.getsize(huge_png)
+    for read in (images.read_image, images.load_image):
+        with pytest.raises(UsageError) as refused:
+            read(huge_png)
+        assert str(refused.value) == (
+            f"The image {huge_png} has 900,000,000 pixels (from its header), more than the 89,478,485 pixels Pillow "
+            f"decodes (PIL.Image.MAX_IMAGE_PIXELS; an image this large may be a decompression bomb). Shrink or "
+            f"crop it, or remove it.")
+    assert images.is_image_file(huge_png) and os.path.getsize(huge_png) == before
+    loader = data.test_loader([(huge_png, 1, 0)], height=32, width=16, batch_size=1, workers=0)
+    with pytest.raises(UsageError, match="900,000,000 pixels"):
+        next(iter(loader))
+
+
+def test_check_decoded_size_names_the_size_before_anything_is_decoded(tmp_path, monkeypatch):
+    large = write_black_png(tmp_path / "large.png", 10000, 10000)
+    with pytest.warns(Image.DecompressionBombWarning), Image.open(large) as opened:
+        with pytest.raises(UsageError, match=r"^The image large.png is 10000x10000 pixels \(100,000,000, from its "
+                                             r"header\), more than the 89,478,485 pixels Pillow decodes"):
+            images.check_decoded_size("large.png", opened)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 10**8)
+    monkeypatch.setattr(images, "available_memory", lambda: 512 * 2**20)
+    with pytest.raises(UsageError) as refused:
+        images.read_image(large)
+    assert str(refused.value) == (f"Decoding the image {large} (10000x10000 pixels) needs about 1.5 GiB of memory, "
+                                  f"but only 512.0 MiB is available; shrink or crop it, or remove it.")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 300)
+    small = tmp_path / "small.png"
+    Image.fromarray(blocks()).save(small)
+    with pytest.raises(UsageError, match=r"is 16x32 pixels \(512, from its header\), more than the 300 pixels"):
+        images.read_image(str(small))
+
+
+def test_the_available_memory_honours_an_address_space_limit():
+    """``ulimit -v``: what the process may still map, not the machine's free memory."""
+    code = ("import resource; from reid import images; "
+            "used = images._meminfo('/proc/self/status', 'VmSize'); "
+            "resource.setrlimit(resource.RLIMIT_AS, (used + 2**30, resource.RLIM_INFINITY)); "
+            "print(images.available_memory() <= 2**30)")
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.stdout.split() == ["True"], result.stderr

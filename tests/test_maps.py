@@ -109,3 +109,34 @@ def test_the_untrained_baseline_is_the_same_on_every_call_and_leaves_the_global_
     torch.testing.assert_close(first.state_dict(), second.state_dict())
     torch.manual_seed(123)
     assert torch.equal(after, torch.rand(3))
+
+
+def test_a_correlation_too_large_for_memory_is_refused_before_it_is_computed(monkeypatch):
+    """65,536 positions: a 65,536 x 65,536 matrix of float64 is 32 GiB before it is drawn."""
+    monkeypatch.setattr(images, "available_memory", lambda: 16 * 2**30)
+    feature_map = np.zeros((4, 256, 256), np.float32)
+    with pytest.raises(UsageError) as refused:
+        maps.check_correlation_memory(feature_map.shape, "layer1", "lower --height/--width")
+    assert str(refused.value) == ("The correlation figure of layer1 (256x256 = 65,536 positions, a 65,536 x 65,536 "
+                                  "matrix) needs about 384.0 GiB of memory, but only 16.0 GiB is available; lower "
+                                  "--height/--width.")
+    with pytest.raises(UsageError, match="^The correlation matrix of a map of 65,536 positions needs about 32.0 GiB"):
+        maps.spatial_correlation(feature_map)
+    maps.check_correlation_memory((4, 64, 64), "layer3", "unused")
+    assert maps.spatial_correlation(np.random.default_rng(0).normal(size=(4, 64, 64))).shape == (4096, 4096)
+
+
+def test_an_input_size_too_large_for_memory_is_refused_before_the_forward_pass(monkeypatch):
+    monkeypatch.setattr(images, "available_memory", lambda: 16 * 2**30)
+    with pytest.raises(UsageError, match=r"^The forward pass at the input size 100000x100000 needs about 9.3 TiB of "
+                                         r"memory, but only 16.0 GiB is available; lower --height/--width.$"):
+        maps.check_input_memory(100000, 100000)
+    with pytest.raises(UsageError, match=r"^Grad-CAM at the input size 2048x2048 needs about 24.0 GiB"):
+        maps.check_input_memory(2048, 2048, grad_cam=True)
+    maps.check_input_memory(2048, 2048)
+    maps.check_input_memory(384, 128, grad_cam=True, count=2)
+
+
+def test_the_memory_checks_pass_when_the_system_does_not_say(monkeypatch):
+    monkeypatch.setattr(images, "available_memory", lambda: None)
+    maps.check_input_memory(10**6, 10**6)

@@ -11,17 +11,19 @@ from hypothesis import strategies as st
 from reid import metrics
 
 
-def reference_rank_metrics(distmat, q_pids, g_pids, q_camids, g_camids, max_rank):
-    """Walk each query's stably sorted gallery, skipping its same-id same-camera entries."""
+def reference_rank_metrics(distmat, q_pids, g_pids, q_camids, g_camids, max_rank, self_matches=()):
+    """Walk each query's stably sorted gallery, skipping its same-id same-camera entries and its
+    ``self_matches`` ((query, gallery) pairs)."""
     cmc_sum = np.zeros(max_rank)
     average_precisions, inverse_negative_penalties = [], []
+    valid_queries, first_ranks = [], []
     for query in range(len(q_pids)):
         rank = found = 0
         first_rank = last_rank = None
         precisions = []
         for gallery in np.argsort(distmat[query], kind="stable"):
             same_id = g_pids[gallery] == q_pids[query]
-            if same_id and g_camids[gallery] == q_camids[query]:
+            if (same_id and g_camids[gallery] == q_camids[query]) or (query, gallery) in self_matches:
                 continue
             rank += 1
             if same_id:
@@ -34,20 +36,25 @@ def reference_rank_metrics(distmat, q_pids, g_pids, q_camids, g_camids, max_rank
         cmc_sum[first_rank - 1:] += 1
         average_precisions.append(np.mean(precisions))
         inverse_negative_penalties.append(found / last_rank)
+        valid_queries.append(query)
+        first_ranks.append(first_rank)
     num_valid = len(average_precisions)
     if num_valid == 0:
         return None
     return {"cmc": cmc_sum / num_valid, "mAP": np.mean(average_precisions),
-            "mINP": np.mean(inverse_negative_penalties), "num_valid_queries": num_valid}
+            "mINP": np.mean(inverse_negative_penalties), "num_valid_queries": num_valid,
+            "per_query": {"query_index": valid_queries, "ap": average_precisions, "first_match_rank": first_ranks,
+                          "inp": inverse_negative_penalties}}
 
 
-def reference_allshots(distmat, q_pids, g_pids, q_camids, g_camids, topk):
+def reference_allshots(distmat, q_pids, g_pids, q_camids, g_camids, topk, self_matches=()):
     """open-reid's cmc() with separate_camera_set, single_gallery_shot and first_match_break all False."""
     hits = np.zeros(topk)
     num_valid = 0
     for query in range(len(q_pids)):
         order = np.argsort(distmat[query], kind="stable")
-        kept = [g for g in order if not (g_pids[g] == q_pids[query] and g_camids[g] == q_camids[query])]
+        kept = [g for g in order if not (g_pids[g] == q_pids[query] and g_camids[g] == q_camids[query])
+                and (query, g) not in self_matches]
         match_positions = [position for position, g in enumerate(kept) if g_pids[g] == q_pids[query]]
         if not match_positions:
             continue
@@ -93,6 +100,20 @@ def assert_same_metrics(result, expected):
     np.testing.assert_allclose(result["cmc"], expected["cmc"], rtol=0, atol=1e-6)
     assert result["mAP"] == pytest.approx(expected["mAP"], abs=1e-6)
     assert result["mINP"] == pytest.approx(expected["mINP"], abs=1e-6)
+    per_query = result["per_query"]
+    for key in ("query_index", "first_match_rank"):
+        assert per_query[key].dtype == np.int64
+        np.testing.assert_array_equal(per_query[key], expected["per_query"][key])
+    for key in ("ap", "inp"):
+        assert per_query[key].dtype == np.float64
+        np.testing.assert_allclose(per_query[key], expected["per_query"][key], rtol=1e-12, atol=0)
+    assert_per_query_sums_to_the_summary(result["mAP"], result["mINP"], result["cmc"][0], per_query)
+
+
+def assert_per_query_sums_to_the_summary(mean_ap, mean_inp, rank1, per_query):
+    assert mean_ap == pytest.approx(per_query["ap"].mean(), rel=1e-12, abs=0)
+    assert mean_inp == pytest.approx(per_query["inp"].mean(), rel=1e-12, abs=0)
+    assert rank1 == pytest.approx(np.mean(per_query["first_match_rank"] == 1), rel=1e-12, abs=0)
 
 
 @pytest.mark.parametrize("seed", range(4))
@@ -137,6 +158,32 @@ def test_queries_without_valid_match_are_skipped():
     np.testing.assert_allclose(result["cmc"], [1.0, 1.0, 1.0])
     assert result["mAP"] == pytest.approx((1 / 1 + 2 / 3) / 2)
     assert result["mINP"] == pytest.approx(2 / 3)
+
+
+def test_per_query_figures_of_a_hand_made_matrix():
+    """Query 0: its same-camera match (gallery 2) is ignored; wrong, wrong, then correct at ranks 3 and 4.
+    Query 1 has no correct match. Query 2: its only correct match is ranked first."""
+    distmat = np.array([[0.5, 0.1, 0.0, 0.2, 0.9], [0.1, 0.2, 0.3, 0.4, 0.5], [0.3, 0.05, 0.4, 0.6, 0.7]])
+    q_pids, q_camids = np.array([1, 9, 2]), np.array([0, 0, 0])
+    g_pids, g_camids = np.array([1, 2, 1, 3, 1]), np.array([1, 1, 0, 1, 1])
+    result = metrics.evaluate_rank(distmat, q_pids, g_pids, q_camids, g_camids, max_rank=5)
+    per_query = result["per_query"]
+    assert set(per_query) == {"query_index", "ap", "first_match_rank", "inp"}
+    np.testing.assert_array_equal(per_query["query_index"], [0, 2])
+    np.testing.assert_array_equal(per_query["first_match_rank"], [3, 1])
+    np.testing.assert_allclose(per_query["ap"], [(1 / 3 + 2 / 4) / 2, 1.0], rtol=1e-15)
+    np.testing.assert_allclose(per_query["inp"], [2 / 4, 1.0], rtol=1e-15)
+    assert result["mAP"] == pytest.approx((5 / 12 + 1) / 2, rel=1e-15)
+    assert_per_query_sums_to_the_summary(result["mAP"], result["mINP"], result["cmc"][0], per_query)
+
+
+def test_retrieval_metrics_report_each_valid_query_in_query_order():
+    query, gallery, *labels = labelled_features(3, 150, 200, num_ids=100)
+    result = metrics.retrieval_metrics(query, gallery, *labels, chunk_size=16)
+    per_query = result["per_query"]
+    assert len(per_query["query_index"]) == result["num_valid_queries"] < 150
+    assert np.all(np.diff(per_query["query_index"]) > 0)
+    assert_per_query_sums_to_the_summary(result["mAP"], result["mINP"], result["rank1"], per_query)
 
 
 def test_no_valid_query_raises():
@@ -189,6 +236,94 @@ def test_cuhk03_view_with_one_entry_per_id():
     views = metrics.cmc_views(distmat, q_pids, g_pids, q_camids, g_camids, topk=10)
     np.testing.assert_allclose(views["cuhk03"],
                                reference_other_camera_cmc(distmat, q_pids, g_pids, q_camids, g_camids, 10), atol=1e-12)
+
+
+# Self-matches: gallery entries that are the query image itself --------------------------------------------------
+
+def test_a_query_listed_in_the_gallery_is_not_its_own_match():
+    """Gallery entry 3 is query 0's own image, at distance 0: counted, rank-1 would be 3/3 instead of 2/3."""
+    distmat = np.array([[0.5, 0.3, 0.4, 0.0], [0.6, 0.1, 0.7, 0.8], [0.9, 0.5, 0.2, 0.6]], dtype=np.float32)
+    q_pids, q_camids = np.array([1, 2, 3]), np.array([0, 0, 0])
+    g_pids, g_camids = np.array([1, 2, 3, 1]), np.array([1, 1, 1, 1])
+    counted = metrics.evaluate_rank(distmat, q_pids, g_pids, q_camids, g_camids, max_rank=4)
+    assert counted["cmc"][0] == 1.0
+    left_out = metrics.evaluate_rank(distmat, q_pids, g_pids, q_camids, g_camids, max_rank=4,
+                                     self_matches=([0], [3]))
+    without = metrics.evaluate_rank(distmat[:, :3], q_pids, g_pids[:3], q_camids, g_camids[:3], max_rank=4)
+    assert left_out["cmc"][0] == pytest.approx(2 / 3)
+    np.testing.assert_array_equal(left_out["cmc"][:3], without["cmc"][:3])
+    assert (left_out["mAP"], left_out["mINP"]) == (without["mAP"], without["mINP"])
+    for key, values in without["per_query"].items():
+        np.testing.assert_array_equal(left_out["per_query"][key], values)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_self_matches_are_skipped_as_in_the_reference(seed):
+    """Random self-matches, of the query's id or another, of its camera or another, some queries with several."""
+    problem = random_problem(seed, num_query=30, num_gallery=90, integer_distances=seed % 2 == 1)
+    rng = np.random.default_rng(seed)
+    pairs = {(int(q), int(g)) for q, g in zip(rng.integers(0, 30, 40), rng.integers(0, 90, 40))}
+    same_id_pairs = {(q, int(g)) for q in range(0, 30, 3) for g in np.flatnonzero(problem[2] == problem[1][q])[:1]}
+    pairs |= same_id_pairs
+    self_matches = tuple(np.array(sorted(pairs)).T)
+    expected = reference_rank_metrics(*problem, max_rank=10, self_matches=pairs)
+    assert_same_metrics(metrics.evaluate_rank(*problem, max_rank=10, self_matches=self_matches), expected)
+    assert expected["mAP"] != reference_rank_metrics(*problem, max_rank=10)["mAP"]
+    views = metrics.cmc_views(*problem, topk=10, self_matches=self_matches)
+    np.testing.assert_allclose(views["allshots"], reference_allshots(*problem, topk=10, self_matches=pairs),
+                               atol=1e-12)
+    np.testing.assert_allclose(views["market1501"], expected["cmc"], atol=1e-12)
+
+
+def test_streamed_evaluation_leaves_the_same_self_matches_out():
+    query, gallery, *labels = labelled_features(5, 90, 300, num_ids=30)
+    rng = np.random.default_rng(5)
+    self_matches = (rng.integers(0, 90, 50), rng.integers(0, 300, 50))
+    distances = metrics.pairwise_distance(query, gallery)
+    expected = metrics_of_matrix(distances, *labels, self_matches=self_matches)
+    assert expected["mAP"] != metrics_of_matrix(distances, *labels)["mAP"]
+    for chunk_size in (1, 13, 4096):
+        result = metrics.retrieval_metrics(query, gallery, *labels, chunk_size=chunk_size, self_matches=self_matches)
+        assert_same_results(result, expected)
+
+
+def test_cuhk03_view_never_draws_a_self_match():
+    """Every query's real correct matches lie beyond every other entry and its self-matches at distance 0, so
+    the drawn correct match ranks after one drawn entry per other id, whatever the draws, unless a self-match
+    is drawn. Query 0 has two self-matches of its id; query 1 one of id 9, the only entry of that id."""
+    q_pids, q_camids = np.arange(6), np.array([0, 1, 2, 0, 1, 2])
+    g_pids = np.concatenate([np.repeat(np.arange(8), 3), [0, 0, 9]])
+    g_camids = np.concatenate([np.tile([0, 1, 2], 8), [1, 2, 2]])
+    distmat = np.random.default_rng(0).uniform(1, 2, (6, len(g_pids)))
+    distmat[g_pids[None, :] == q_pids[:, None]] += 10
+    distmat[0, [24, 25]] = distmat[1, 26] = 0
+    self_matches = ([0, 0, 1], [24, 25, 26])
+    id_9_counts = q_camids != 2
+    id_9_counts[1] = False
+    expected_ranks = 7 + id_9_counts
+    expected = np.cumsum(np.bincount(expected_ranks, minlength=12)) / 6
+    views = metrics.cmc_views(distmat, q_pids, g_pids, q_camids, g_camids, topk=12, self_matches=self_matches)
+    np.testing.assert_allclose(views["cuhk03"], expected, atol=1e-12)
+    counted = metrics.cmc_views(distmat, q_pids, g_pids, q_camids, g_camids, topk=12)
+    assert counted["cuhk03"][0] > 0
+
+
+def test_a_query_whose_only_match_is_itself_is_not_valid():
+    distmat = np.array([[0.0, 0.4], [0.2, 0.1]], dtype=np.float32)
+    q_pids, q_camids, g_pids, g_camids = np.array([1, 2]), np.array([0, 0]), np.array([1, 2]), np.array([1, 1])
+    result = metrics.evaluate_rank(distmat, q_pids, g_pids, q_camids, g_camids, max_rank=2, self_matches=([0], [0]))
+    np.testing.assert_array_equal(result["per_query"]["query_index"], [1])
+    views = metrics.cmc_views(distmat, q_pids, g_pids, q_camids, g_camids, topk=2, self_matches=([0], [0]))
+    np.testing.assert_allclose(views["cuhk03"], [1.0, 1.0])
+    with pytest.raises(ValueError, match="no query has a correct match"):
+        metrics.evaluate_rank(distmat, q_pids, g_pids, q_camids, g_camids, self_matches=([0, 1], [0, 1]))
+
+
+@pytest.mark.parametrize("self_matches, message", [(([0], [2]), "outside"), (([-1], [0]), "outside"),
+                                                   (([0, 1], [0]), "2 query indices but 1 gallery")])
+def test_bad_self_matches_are_refused(self_matches, message):
+    with pytest.raises(ValueError, match=message):
+        metrics.evaluate_rank(np.zeros((2, 2)), [1, 2], [1, 2], [0, 0], [1, 1], self_matches=self_matches)
 
 
 @pytest.mark.parametrize("metric", ["euclidean", "cosine"])
@@ -280,17 +415,22 @@ def labelled_features(seed, num_query, num_gallery, dim=8, num_ids=20, num_camer
 
 def assert_same_results(result, expected):
     """Equal retrieval_metrics results (the distances aside), bit for bit."""
-    assert {key: value for key, value in result.items() if key != "distances"} == \
-           {key: value for key, value in expected.items() if key != "distances"}
+    assert {key: value for key, value in result.items() if key not in ("distances", "per_query")} == \
+           {key: value for key, value in expected.items() if key not in ("distances", "per_query")}
+    assert set(result["per_query"]) == set(expected["per_query"])
+    for key, values in expected["per_query"].items():
+        assert result["per_query"][key].dtype == values.dtype
+        np.testing.assert_array_equal(result["per_query"][key], values)
 
 
-def metrics_of_matrix(distances, *labels):
-    ranking = metrics.evaluate_rank(distances, *labels, max_rank=10)
-    views = metrics.cmc_views(distances, *labels, topk=10)
+def metrics_of_matrix(distances, *labels, self_matches=None):
+    ranking = metrics.evaluate_rank(distances, *labels, max_rank=10, self_matches=self_matches)
+    views = metrics.cmc_views(distances, *labels, topk=10, self_matches=self_matches)
     return {"rank1": float(ranking["cmc"][0]), "rank5": float(ranking["cmc"][4]),
             "rank10": float(ranking["cmc"][9]), "mAP": float(ranking["mAP"]), "mINP": float(ranking["mINP"]),
             "num_valid_queries": ranking["num_valid_queries"],
-            "cmc_views": {name: [float(v) for v in curve] for name, curve in views.items()}}
+            "cmc_views": {name: [float(v) for v in curve] for name, curve in views.items()},
+            "per_query": ranking["per_query"]}
 
 
 @pytest.mark.parametrize("metric", ["euclidean", "cosine"])
@@ -313,9 +453,9 @@ def test_block_sizes_do_not_change_the_metrics(monkeypatch):
     for chunk_size in (1, 7, 64, 119):
         assert_same_results(metrics.retrieval_metrics(query, gallery, *labels, chunk_size=chunk_size), expected)
     distances = metrics.pairwise_distance(query, gallery)
-    monkeypatch.setattr(metrics, "_MATRIX_BLOCK_ELEMENTS", 3 * 500 + 17)
+    monkeypatch.setattr(metrics.rank, "_MATRIX_BLOCK_ELEMENTS", 3 * 500 + 17)
     assert_same_results(metrics_of_matrix(distances, *labels), expected)
-    monkeypatch.setattr(metrics, "_TILE_ELEMENTS", 33 * 8)
+    monkeypatch.setattr(metrics.distance, "_TILE_ELEMENTS", 33 * 8)
     assert_same_results(metrics.retrieval_metrics(query.half(), gallery.half(), *labels, chunk_size=9), expected)
 
 
@@ -356,11 +496,11 @@ def test_streamed_cuhk03_view_equals_the_camera_by_camera_reference(monkeypatch,
     """The draws are made in the reference's order although the rows arrive in query order, in blocks that
     straddle its chunks (many chunks per camera here)."""
     query, gallery, *labels = labelled_features(2, 150, 300, num_ids=40, num_cameras=5, integer=integer)
-    monkeypatch.setattr(metrics, "_SINGLE_SHOT_ELEMENTS", 200)
+    monkeypatch.setattr(metrics.rank, "_SINGLE_SHOT_ELEMENTS", 200)
     distances = metrics.pairwise_distance(query, gallery)
     expected = reference_cuhk03_view(distances.numpy(), *labels, topk=10, seed=3, chunk_elements=200)
     for chunk_size in (150, 23, 1):
-        monkeypatch.setattr(metrics, "_MATRIX_BLOCK_ELEMENTS", chunk_size * 300)
+        monkeypatch.setattr(metrics.rank, "_MATRIX_BLOCK_ELEMENTS", chunk_size * 300)
         np.testing.assert_array_equal(metrics.cmc_views(distances, *labels, topk=10, seed=3)["cuhk03"], expected)
 
 
@@ -369,7 +509,7 @@ def test_float16_features_are_ranked_by_float32_distances(monkeypatch):
     query, gallery = query.half(), gallery.half()
     distances = metrics.pairwise_distance(query.float(), gallery.float())
     assert_same_results(metrics.retrieval_metrics(query, gallery, *labels), metrics_of_matrix(distances, *labels))
-    monkeypatch.setattr(metrics, "_TILE_ELEMENTS", 16 * 8)
+    monkeypatch.setattr(metrics.distance, "_TILE_ELEMENTS", 16 * 8)
     for metric in ("euclidean", "cosine"):
         tiled = metrics.pairwise_distance(query, gallery, metric=metric, chunk_size=13)
         torch.testing.assert_close(tiled, metrics.pairwise_distance(query.float(), gallery.float(), metric=metric),
@@ -551,8 +691,8 @@ def test_re_ranking_memory_is_bounded_by_the_chunk_size():
 def test_evaluation_memory_is_bounded_by_the_chunk_size(monkeypatch):
     num_query, num_gallery = 400, 12000
     query, gallery, *labels = labelled_features(8, num_query, num_gallery, num_ids=300)
-    monkeypatch.setattr(metrics, "_RANKING_ELEMENTS", 2048)
-    monkeypatch.setattr(metrics, "_SINGLE_SHOT_ELEMENTS", 1024)
+    monkeypatch.setattr(metrics.rank, "_RANKING_ELEMENTS", 2048)
+    monkeypatch.setattr(metrics.rank, "_SINGLE_SHOT_ELEMENTS", 1024)
     matrix_bytes = num_query * num_gallery * 4
     evaluate = partial(metrics.retrieval_metrics, query, gallery, *labels, chunk_size=8)
     assert largest_torch_allocation(partial(evaluate, keep_distances=True)) >= matrix_bytes

@@ -1,8 +1,9 @@
-"""reid.recipes: the presets, explicit flags over them, their checks, resume across recipes; and the paper recipe
-still trains bit for bit as the code before recipes did."""
+"""reid.recipes: the presets, explicit flags over them, their checks, resume across recipes, the settings that train
+nothing or have no effect; and the paper recipe still trains as the code before recipes did."""
 import csv
-import hashlib
+import dataclasses
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -13,6 +14,7 @@ import torch
 from reid import checkpoint, recipes
 from reid.config import DataConfig, ModelConfig, RunConfig, TrainConfig
 from reid.errors import UsageError
+from reid.trainer import LearningRateSchedule
 
 REFERENCE = os.path.join(os.path.dirname(__file__), "data", "paper_recipe_reference.json")
 
@@ -77,6 +79,69 @@ def test_the_presets_validate():
         recipes.validate(recipes.apply(name, RunConfig(), set()))
 
 
+# Settings under which nothing trains, and settings without effect --------------------------------------------
+
+def test_a_cosine_schedule_that_is_all_warm_up_is_refused():
+    """--recipe strong --lr-schedule cosine --epochs 10: the preset's 10 warm-up epochs last the whole run, and the
+    cosine, which starts where the warm-up ends, is 0 from there: every step's lr is 0 (the schedule, no training)."""
+    config = strong({"lr_schedule", "epochs"}, RunConfig(train=TrainConfig(lr_schedule="cosine", epochs=10)))
+    schedule = LearningRateSchedule(torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0), config.train)
+    assert {schedule.lr(config.train.lr, epoch, step, 4) for epoch in range(10) for step in range(4)} == {0.0}
+    with pytest.raises(UsageError, match=r"--lr-schedule cosine with --warmup-epochs 10 \(the strong recipe's preset\) "
+                                         r"and --epochs 10 trains at lr 0 at every step.*below 10"):
+        recipes.validate(config)
+    recipes.validate(dataclasses.replace(config, evaluate=True))
+    recipes.validate(dataclasses.replace(config, train=dataclasses.replace(config.train, warmup_epochs=9)))
+
+
+@pytest.mark.parametrize("recipe,changes,explicit,expected", [
+    ("paper", dict(train=TrainConfig(optimizer="adam", momentum=0.95)), {"optimizer", "momentum"},
+     "--momentum 0.95 has no effect with --optimizer adam, which uses its betas (0.9, 0.999)"),
+    ("strong", dict(train=TrainConfig(momentum=0.95)), {"momentum"},
+     "--momentum 0.95 has no effect with --optimizer adam (the strong recipe's preset)"),
+    ("paper", dict(train=TrainConfig(margin=0.5)), {"margin"},
+     "--margin 0.5 has no effect without the triplet loss (--triplet-weight 0)"),
+    ("paper", dict(train=TrainConfig(ds_weight=2.0), model=ModelConfig(deep_supervision=False)),
+     {"ds_weight", "no_deep_supervision"}, "--ds-weight 2.0 has no effect with --no-deep-supervision"),
+    ("paper", dict(data=DataConfig(combine_trainval=True, num_val=50)), {"num_val", "combine_trainval"},
+     "--num-val 50 has no effect with --combine-trainval"),
+    ("strong", dict(train=TrainConfig(epochs=30)), {"epochs"},
+     "--milestones 40 70 (the strong recipe's preset): the run ends before those epochs (--epochs 30)"),
+    ("paper", dict(train=TrainConfig(milestones=[5, 20], epochs=12)), {"milestones", "epochs"},
+     "--milestones 20: the run ends before that epoch (--epochs 12)"),
+    ("strong", dict(train=TrainConfig(epochs=10)), {"epochs"},
+     "--warmup-epochs 10 (the strong recipe's preset) lasts the whole run (--epochs 10)"),
+    ("paper", dict(train=TrainConfig(step_size=40, epochs=30)), {"step_size", "epochs"},
+     "--step-size 40 is not shorter than the run (--epochs 30): the lr is never lowered"),
+    ("paper", dict(train=TrainConfig(step_size=20, milestones=[5])), {"step_size", "milestones"},
+     "--step-size 20 has no effect: --milestones 5 set when the lr is lowered"),
+    ("paper", dict(train=TrainConfig(lr_schedule="cosine", milestones=[5], step_size=3)),
+     {"lr_schedule", "milestones", "step_size"}, "--milestones and --step-size have no effect with --lr-schedule cosine"),
+    ("paper", dict(train=TrainConfig(epochs=0)), {"epochs"},
+     "--epochs 0 trains nothing: the model is evaluated with its ImageNet backbone and untrained heads"),
+])
+def test_settings_without_effect_are_warned_naming_the_flag(recipe, changes, explicit, expected):
+    messages = recipes.ineffective(recipes.apply(recipe, RunConfig(**changes), explicit), explicit)
+    assert any(expected in message for message in messages), messages
+
+
+def test_the_usual_settings_are_not_warned_about():
+    """The presets, the demo's and the ablation's settings; the default --step-size of a short run (not asked for);
+    an evaluation or a resumed --epochs 0, which train nothing by design."""
+    assert recipes.ineffective(recipes.apply("paper", RunConfig(), set()), set()) == []
+    assert recipes.ineffective(strong(), set()) == []
+    demo = {"epochs", "warmup_epochs", "lr_schedule", "label_smoothing", "lr", "eval_freq"}
+    demo_config = RunConfig(train=TrainConfig(epochs=10, warmup_epochs=1, lr_schedule="cosine", label_smoothing=0.1,
+                                              lr=0.05, eval_freq=10))
+    assert recipes.ineffective(recipes.apply("paper", demo_config, demo), demo) == []
+    ablation = {"epochs", "milestones", "warmup_epochs"}
+    ablation_config = RunConfig(train=TrainConfig(epochs=12, milestones=[8], warmup_epochs=1))
+    assert recipes.ineffective(strong(ablation, ablation_config), ablation) == []
+    assert recipes.ineffective(RunConfig(train=TrainConfig(epochs=2)), {"epochs"}) == []
+    assert recipes.ineffective(RunConfig(evaluate=True, train=TrainConfig(optimizer="adam")), {"momentum"}) == []
+    assert recipes.ineffective(RunConfig(resume="x.pth.tar", train=TrainConfig(epochs=0)), {"epochs"}) == []
+
+
 def test_resume_under_the_same_recipe_is_allowed():
     saved = strong().to_dict()
     recipes.check_resume(saved, strong({"lr"}, RunConfig(train=TrainConfig(lr=1e-4))), "ckpt.pth.tar")
@@ -131,29 +196,39 @@ def test_describe_names_the_recipe_and_what_departs_from_it():
     assert recipes.describe(RunConfig(train=TrainConfig(lr=0.05)).to_dict()) == "paper (--lr 0.05)"
 
 
-def model_digest(path):
+def parameter_norm(path):
+    """The float64 norm of every parameter of the checkpoint at ``path`` together (batch-norm statistics left out)."""
     state = checkpoint.load(path)["model"]
-    digest = hashlib.sha256()
-    for key in sorted(state):
-        digest.update(key.encode())
-        digest.update(state[key].contiguous().numpy().tobytes())
-    return digest.hexdigest()
+    return math.sqrt(sum(value.double().square().sum().item() for key, value in sorted(state.items())
+                         if value.is_floating_point() and not key.rsplit(".", 1)[-1].startswith("running_")))
 
 
-@pytest.fixture
-def reference_threads():
-    """The reference was written with 2 intra-op threads (this machine's default); the weights' last bits
-    depend on the thread count through the order of the convolutions' gradient sums."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(2)
-    yield
-    torch.set_num_threads(threads)
+LOSS_RTOL = 3e-4
+PARAMETER_NORM_RTOL = 1e-6
+MAP_ABS = 0.03
 
 
 @pytest.mark.slow
-def test_the_paper_recipe_trains_bit_for_bit_as_before_recipes(tiny_synthetic, tmp_path, reference_threads):
-    """Two one-step epochs of the paper recipe on the CPU: the same losses, accuracies, metrics and final weights
-    as the code before recipes existed (tests/data/paper_recipe_reference.json, written by that code)."""
+def test_the_paper_recipe_trains_as_before_recipes(tiny_synthetic, tmp_path):
+    """Two one-step epochs of the paper recipe on the CPU give the losses, accuracies, metrics and weights of the
+    code before recipes (tests/data/paper_recipe_reference.json, written on another machine), within what another
+    machine changes. That the same machine repeats a run bit for bit is tested where it is promised (resume).
+
+    CPU kernels differ between machines and PyTorch builds in the order they add float32 numbers (AVX2 or AVX-512
+    blocking in oneDNN's convolutions, vectorised or scalar reductions and exp/log), so only the last bits of each
+    sum differ (float32 keeps 24 bits, 6e-8 relative). Two SGD steps from scratch amplify that in a few places: the
+    DSA gates start at 0, and their first update is a small difference of large per-image terms. Measured against
+    this reference run (2026-12-04): another x86-64 machine 6.4e-7 relative in the second loss; oneDNN restricted to
+    SSE4.1 4.6e-7; ATen's scalar kernels (ATEN_CPU_CAPABILITY=default, the largest kernel change at hand) 1.7e-6 in
+    the first loss, 1.0e-4 in the second, one image's prediction of the 48 and 1.2e-7 in the parameter norm;
+    the thread count (1 to 3) 1e-7 in the loss. mAP and rank-1 rank near-random features (two steps from scratch),
+    where a last-bit change swaps gallery images: mAP moved by 0.0098 between the two machines, 0.0052 with the
+    scalar kernels.
+
+    The tolerances are 3x to 8x those spreads, and still fail for a change in training: the second loss moves by
+    7.6e-4 with --label-smoothing 0.1, 1.8e-3 with --momentum 0, 3.6e-4 with --lr 10 % higher; the parameter norm by
+    1.2e-4 without weight decay, 6.2e-5 with --momentum 0, 1.1e-5 with --lr 10 % higher (1e-6 with 1 % higher).
+    """
     import main
 
     with open(REFERENCE) as handle:
@@ -166,10 +241,14 @@ def test_the_paper_recipe_trains_bit_for_bit_as_before_recipes(tiny_synthetic, t
         rows = list(csv.DictReader(handle))
     with open(logs / "results.json") as handle:
         results = json.load(handle)
-    assert [row["loss"] for row in rows] == reference["losses"]
-    assert [row["accuracy"] for row in rows] == reference["accuracies"]
-    assert (repr(results["mAP"]), repr(results["rank1"])) == (reference["mAP"], reference["rank1"])
-    assert model_digest(logs / "checkpoint.pth.tar") == reference["model_sha256"]
+    assert [float(row["loss"]) for row in rows] == pytest.approx(reference["losses"], rel=LOSS_RTOL)
+    batch = int(reference["argv_after_data_and_logs"][reference["argv_after_data_and_logs"].index("-b") + 1])
+    for row, expected in zip(rows, reference["accuracies"]):
+        assert abs(round(float(row["accuracy"]) * batch) - round(expected * batch)) <= 1, "one image may swap"
+    assert results["mAP"] == pytest.approx(reference["mAP"], abs=MAP_ABS)
+    assert results["rank1"] == pytest.approx(reference["rank1"], abs=1 / results["num_valid_queries"]), "one query"
+    assert parameter_norm(logs / "checkpoint.pth.tar") == pytest.approx(reference["parameter_norm"],
+                                                                        rel=PARAMETER_NORM_RTOL)
 
 
 @pytest.mark.slow

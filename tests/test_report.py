@@ -7,9 +7,10 @@ import shutil
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
-from reid import recipes, report
+from reid import compare, recipes, report
 from reid.config import RunConfig
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -69,11 +70,11 @@ def test_markdown_table_orders_rows_as_the_ablation_and_lists_unfinished_runs_la
     assert rule.endswith("---:|")
     rows = markdown_rows(out)
     assert [row[0] for row in rows] == ["baseline", "full", "ds", "dsa"]
-    assert rows[0] == ["baseline", "market", "PCB baseline", "50", "87.1", "97.5", "98.5", "68.5", "45.5"]
-    assert rows[1] == ["full", "market", "DSA+DS (full)", "50", "93.1", "97.5", "98.5", "80.0", "45.5"]
+    assert rows[0] == ["baseline", "market", "PCB baseline", "50", "1", "87.1", "97.5", "98.5", "68.5", "45.5"]
+    assert rows[1] == ["full", "market", "DSA+DS (full)", "50", "1", "93.1", "97.5", "98.5", "80.0", "45.5"]
     assert rows[2][2].startswith("results.json is not valid JSON")
     assert rows[3][2] == "no results.json (still training? last epoch in metrics.csv: 12)"
-    assert rows[3][3:] == [""] * 6
+    assert rows[3][3:] == [""] * 7
 
 
 def test_rows_are_grouped_by_dataset_and_named_relative_to_their_common_parent(tmp_path, capsys):
@@ -106,9 +107,11 @@ def test_csv_output_parses_with_the_csv_module(ablation, capsys):
     status, out, _ = run_report(capsys, ablation, "--csv")
     assert status == 0
     rows = list(csv.DictReader(io.StringIO(out)))
-    assert list(rows[0]) == list(report.COLUMNS)
+    assert list(rows[0]) == ["run", "dataset", "switches", "epochs", "seeds", "rank-1", "rank-1 std", "rank-5",
+                             "rank-5 std", "rank-10", "rank-10 std", "mAP", "mAP std", "mINP", "mINP std"]
     assert [row["run"] for row in rows] == ["baseline", "full", "ds", "dsa"]
     assert rows[1]["switches"] == "DSA+DS (full)" and rows[1]["rank-1"] == "93.1" and rows[1]["mAP"] == "80.0"
+    assert rows[1]["seeds"] == "1" and rows[1]["rank-1 std"] == ""
     assert rows[3]["switches"] == "no results.json (still training? last epoch in metrics.csv: 12)"
     assert rows[3]["rank-1"] == ""
 
@@ -125,7 +128,7 @@ def test_a_run_without_usable_results_gets_a_row_saying_what_is_missing(tmp_path
     make_run(tmp_path / "run")
     status, out, err = run_report(capsys, tmp_path / "run")
     assert status == 1
-    assert markdown_rows(out) == [["run", "", problem, "", "", "", "", "", ""]]
+    assert markdown_rows(out) == [["run", "", problem, "", "", "", "", "", "", ""]]
     assert "no results yet" in err
 
 
@@ -239,7 +242,8 @@ def test_a_run_evaluated_on_other_datasets_gets_a_row_for_each_below_its_own(tmp
     _, out, _ = run_report(capsys, tmp_path / "market")
     rows = markdown_rows(out)
     assert [row[0] for row in rows] == ["baseline", "full", "full -> msmt17", "full -> ?"]
-    assert rows[2] == ["full -> msmt17", "msmt17", "DSA+DS (full)", "50", "41.2", "55.0", "60.0", "15.1", "2.0"]
+    assert rows[2] == ["full -> msmt17", "msmt17", "DSA+DS (full)", "50", "1", "41.2", "55.0", "60.0", "15.1",
+                       "2.0"]
     assert rows[3][2] == "results.json: other dataset 2 mAP not a fraction in [0, 1]"
 
 
@@ -302,7 +306,176 @@ def test_runs_as_a_module(ablation):
     result = subprocess.run([sys.executable, "-m", "reid.report", str(ablation), "--csv"], cwd=REPO,
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
-    assert result.stdout.startswith("run,dataset,switches,epochs,rank-1")
+    assert result.stdout.startswith("run,dataset,switches,epochs,seeds,rank-1,rank-1 std")
+
+
+def write_seed_run(folder, seed=1, dsa=True, deep_supervision=True, aps=None, train=None, **overrides):
+    """A run with recorded settings (``--seed seed``, ``train`` changes) and a per_query.csv of ``aps``, query i
+    of identity i; its results.json's mAP and rank-1 follow from them (rank 1 where the AP is at least 0.5)."""
+    aps = np.asarray([0.2, 0.4, 0.6, 0.8] if aps is None else aps, dtype=float)
+    config = config_record(train={"seed": seed, **(train or {})},
+                           model={"dsa": dsa, "deep_supervision": deep_supervision})
+    config.update(data={**config["data"], "seed": seed}, logs_dir=str(folder))
+    metrics = {"mAP": float(aps.mean()), "rank1": float(np.mean(aps >= 0.5)), "num_valid_queries": len(aps)}
+    write_results(folder, dsa=dsa, deep_supervision=deep_supervision, config=config, **{**metrics, **overrides})
+    with open(os.path.join(folder, "per_query.csv"), "w") as handle:
+        handle.write("query,pid,camid,ap,first_match_rank,inp\n")
+        handle.writelines(f"query/{pid:04d}_c1s1_000025_01.jpg,{pid},1,{float(ap)!r},{1 if ap >= 0.5 else 2},0.5\n"
+                          for pid, ap in enumerate(aps))
+
+
+def test_seed_runs_share_a_row_with_mean_and_std_and_a_single_run_stays_plain(tmp_path, capsys):
+    for seed, rank1 in ((1, 0.90), (2, 0.92), (3, 0.97)):
+        write_seed_run(tmp_path / "ablation" / f"full-seed{seed}", seed, rank1=rank1)
+    write_seed_run(tmp_path / "ablation" / "baseline", dsa=False, deep_supervision=False, rank1=0.8)
+    write_seed_run(tmp_path / "ablation" / "full-lr", train={"lr": 0.01}, rank1=0.5)
+    status, out, _ = run_report(capsys, tmp_path / "ablation")
+    assert status == 0
+    rows = markdown_rows(out)
+    assert [row[:5] for row in rows] == [["baseline", "market", "PCB baseline", "50", "1"],
+                                         ["full-lr", "market", "DSA+DS (full)", "50", "1"],
+                                         ["full (seeds 1,2,3)", "market", "DSA+DS (full)", "50", "3"]]
+    assert rows[0][5] == "80.0" and rows[1][5] == "50.0"
+    assert rows[2][5] == "93.0 ± 3.6"  # mean 0.93, sample std 0.036
+    assert rows[2][8] == "50.0 ± 0.0"
+    status, out, _ = run_report(capsys, tmp_path / "ablation", "--csv")
+    grouped = list(csv.DictReader(io.StringIO(out)))[2]
+    assert (grouped["run"], grouped["seeds"], grouped["rank-1"], grouped["rank-1 std"]) == (
+        "full (seeds 1,2,3)", "3", "93.0", "3.6")
+
+
+@pytest.mark.parametrize("names, seeds, expected", [
+    (["baseline-seed1", "baseline-seed2", "baseline-seed10"], [1, 2, 10], "baseline (seeds 1,2,10)"),
+    (["run_a", "run_b"], [4, 5], "run (seeds 4,5)"),
+    (["one", "two"], [1, None], "one, two (seeds 1,?)"),
+    (["market/full-seed1", "duke/full-seed2"], [1, 2], "market/full-seed1, duke/full-seed2 (seeds 1,2)"),
+])
+def test_a_seed_group_is_named_after_its_runs_common_name(names, seeds, expected):
+    assert report.group_name(names, seeds) == expected
+
+
+def test_runs_without_settings_and_evaluations_are_never_grouped(tmp_path, capsys):
+    write_results(tmp_path / "old-1")
+    write_results(tmp_path / "old-2")
+    evaluation = config_record()
+    evaluation["evaluate"] = True
+    write_results(tmp_path / "eval-1", config=evaluation)
+    write_results(tmp_path / "eval-2", config=evaluation)
+    _, out, _ = run_report(capsys, tmp_path)
+    assert [(row[0], row[4]) for row in markdown_rows(out)] == [("eval-1", "1"), ("eval-2", "1"), ("old-1", "1"),
+                                                                ("old-2", "1")]
+
+
+def test_seed_runs_evaluated_on_other_datasets_share_those_rows_too(tmp_path, capsys):
+    other = {"dataset": "duke", "rank1": 0.4, "rank5": 0.5, "rank10": 0.6, "mAP": 0.2, "mINP": 0.1}
+    write_seed_run(tmp_path / "full-seed1", 1, other_datasets=[other])
+    write_seed_run(tmp_path / "full-seed2", 2, other_datasets=[{**other, "rank1": 0.5}])
+    _, out, _ = run_report(capsys, tmp_path)
+    rows = markdown_rows(out)
+    assert rows[1][:6] == ["full (seeds 1,2) -> duke", "duke", "DSA+DS (full)", "50", "2", "45.0 ± 7.1"]
+
+
+@pytest.mark.parametrize("version, problem", [
+    (3, "results.json is of format 3, written by a newer version of this project than this one (format 2); "
+        "update the code to read it"),
+    ("two", "results.json has format 'two', not a format this project writes"),
+])
+def test_a_results_json_of_an_unknown_format_is_refused(tmp_path, capsys, version, problem):
+    strong = config_record("strong", strong_preset(), {"bnneck": True})
+    write_results(tmp_path / "future", format=version, config=strong)
+    write_results(tmp_path / "today", format=2, config=strong)
+    status, out, _ = run_report(capsys, tmp_path)
+    assert status == 0
+    assert [row[:3] for row in markdown_rows(out)] == [["today", "market", "DSA+DS (full), strong recipe"],
+                                                        ["future", "", problem]]
+
+
+def seed_ablation(root, rows=("baseline", "full"), seeds=(1, 2, 3)):
+    """Seed runs of the baseline and full rows; the full model's APs are 0.1 higher on every other query."""
+    rng = np.random.default_rng(0)
+    aps = rng.uniform(0.1, 0.8, 200)
+    for row in rows:
+        for seed in seeds:
+            values = np.clip(aps + (0.1 * (np.arange(200) % 2) if row == "full" else 0)
+                             + rng.normal(0, 0.02, 200), 0, 1)
+            write_seed_run(root / f"{row}-seed{seed}", seed, dsa=row in ("full", "dsa"),
+                           deep_supervision=row in ("full", "ds"), aps=values)
+
+
+def test_versus_baseline_gives_each_rows_difference_with_its_interval(tmp_path, capsys):
+    seed_ablation(tmp_path / "ablation")
+    write_seed_run(tmp_path / "ablation" / "ds-seed1", dsa=False, aps=np.full(200, 0.5), train={"lr": 0.01})
+    status, out, err = run_report(capsys, tmp_path / "ablation", "--versus-baseline", "--resamples", "1000")
+    assert status == 0 and err == ""
+    header = [cell.strip() for cell in out.splitlines()[0].strip("|").split("|")]
+    assert header[-2:] == ["mAP vs baseline", "rank-1 vs baseline"]
+    rows = markdown_rows(out)
+    assert [row[0] for row in rows] == ["baseline (seeds 1,2,3)", "ds-seed1", "full (seeds 1,2,3)"]
+    assert rows[0][-2:] == ["baseline", "baseline"] and rows[1][-2:] == ["no baseline", "no baseline"]
+    folders = sorted(str(path) for path in (tmp_path / "ablation").glob("*-seed*") if "ds-" not in path.name)
+    expected = compare.paired_difference(folders[:3], folders[3:], resamples=1000)["mAP"]
+    assert 0.04 < expected["low"] and expected["difference"] < expected["high"] < 0.06
+    assert rows[2][-2] == (f"{100 * expected['difference']:+.2f} "
+                           f"[{100 * expected['low']:+.2f}, {100 * expected['high']:+.2f}]")
+    _, out, _ = run_report(capsys, tmp_path / "ablation", "--versus-baseline", "--resamples", "1000", "--csv")
+    full = list(csv.DictReader(io.StringIO(out)))[2]
+    assert float(full["mAP vs baseline low"]) == pytest.approx(100 * expected["low"], abs=0.006)
+
+
+def test_versus_baseline_refuses_bad_bootstrap_settings_before_reading_runs(tmp_path, capsys):
+    seed_ablation(tmp_path / "ablation", seeds=(1,))
+    status, out, err = run_report(capsys, tmp_path / "ablation", "--versus-baseline", "--bootstrap-seed", "-1")
+    assert status == 2 and out == "" and err.startswith("error: --bootstrap-seed must be a whole number, 0 or more")
+
+
+def test_versus_baseline_without_per_query_results_says_why_on_stderr(tmp_path, capsys):
+    seed_ablation(tmp_path / "ablation", seeds=(1,))
+    os.remove(tmp_path / "ablation" / "full-seed1" / "per_query.csv")
+    status, out, err = run_report(capsys, tmp_path / "ablation", "--versus-baseline")
+    assert status == 0
+    assert markdown_rows(out)[1][-2:] == ["n/a", "n/a"]
+    assert err.startswith(f"full-seed1: no difference from the baseline: {tmp_path / 'ablation' / 'full-seed1'} "
+                          f"has no per_query.csv")
+
+
+def test_compare_prints_b_minus_a_with_its_interval(tmp_path, capsys):
+    seed_ablation(tmp_path)
+    status, out, err = run_report(capsys, "--compare", f"{tmp_path}/baseline-seed*", f"{tmp_path}/full-seed*",
+                                  "--resamples", "1000", "--bootstrap-seed", "3")
+    assert status == 0 and err == ""
+    folders = sorted(str(path) for path in tmp_path.iterdir())
+    expected = compare.paired_difference(folders[:3], folders[3:], resamples=1000, seed=3)
+    lines = out.splitlines()
+    assert lines[:3] == ["A: baseline (seeds 1,2,3)", "B: full (seeds 1,2,3)",
+                         "B − A in percentage points over the same 200 queries; 95 % interval: two-stage bootstrap "
+                         "of the queries (paired) and of each side's seed runs (3 and 3), percentile, 1,000 "
+                         "resamples."]
+    mAP = markdown_rows("\n".join(lines[4:]))[0]
+    entry = expected["mAP"]
+    assert mAP[3:] == [f"{100 * entry['difference']:+.2f}",
+                       f"[{100 * entry['low']:+.2f}, {100 * entry['high']:+.2f}]", "yes"]
+    status, out, _ = run_report(capsys, "--compare", tmp_path / "baseline-seed1", tmp_path / "baseline-seed1",
+                                "--csv")
+    rows = list(csv.DictReader(io.StringIO(out)))
+    assert [(row["B − A"], row["low"], row["high"], row["excludes 0"]) for row in rows] == [
+        ("+0.00", "+0.00", "+0.00", "no")] * 2
+
+
+@pytest.mark.parametrize("arguments, message", [
+    (["only-one"], "--compare takes two LOGDIRs, A and B, got 1"),
+    (["a", "b", "c"], "Quote a glob of seed runs"),
+    (["missing", "baseline-seed1"], "--compare A missing: not a run folder"),
+    (["baseline-seed1", "future"], "future/results.json: results.json is of format 3"),
+    (["baseline-seed1", "full-seed1", "--versus-baseline"], "Use one or the other"),
+    (["baseline-seed1", "full-seed1", "--resamples", "50"], "--resamples must be a whole number of at least 100"),
+])
+def test_compare_refuses_what_it_cannot_compare_with_exit_2(tmp_path, capsys, monkeypatch, arguments, message):
+    seed_ablation(tmp_path, seeds=(1,))
+    write_seed_run(tmp_path / "future", format=3)
+    monkeypatch.chdir(tmp_path)
+    status, out, err = run_report(capsys, "--compare", *arguments)
+    assert status == 2 and out == ""
+    assert err.startswith("error: ") and message in err and "Traceback" not in err
 
 
 def dry_run(folder, target, *variables):
@@ -353,3 +526,42 @@ def test_ablation_duke_dry_run_reads_duke_dir(tmp_path):
     assert len(lines) == 5
     assert all(" -d duke --data-dir data/DukeMTMC-reID -b 48 " in line for line in lines[:4])
     assert lines[4].endswith("-m reid.report logs/ablation-duke --out logs/ablation-duke/table.md")
+
+
+@needs_make
+def test_ablation_with_seeds_trains_each_row_once_per_seed_and_reports_the_differences(tmp_path):
+    demo = ".venv/bin/python main.py -d synthetic --data-dir data/synthetic -a resnet18 --epochs 15"
+    lines = dry_run(tmp_path, "ablation-synthetic", "SEEDS=1 2")
+    assert lines == [
+        *(f"{demo} {switches}--seed {seed} --logs-dir logs/ablation-synthetic/{row}-seed{seed}"
+          for row, switches in (("baseline", "--no-dsa --no-deep-supervision "), ("dsa", "--no-deep-supervision "),
+                                ("ds", "--no-dsa "), ("full", "")) for seed in (1, 2)),
+        ".venv/bin/python -m reid.report logs/ablation-synthetic --versus-baseline "
+        "--out logs/ablation-synthetic/table.md",
+    ]
+
+
+@needs_make
+def test_make_j2_trains_every_seed_run_after_generating_the_data_once(tmp_path):
+    """ablation.mk with a stand-in for the venv's python that logs its arguments and writes the results.json
+    a run would: the data are generated once, before any run; every run is made; the report comes last."""
+    log = tmp_path / "calls.log"
+    fake = tmp_path / "fake-python"
+    fake.write_text(f"""#!/bin/sh
+echo "$*" >> {log}
+case "$*" in
+  *reid.datasets.synthetic*) mkdir -p "$3" ;;
+  *main.py*) for last; do :; done; sleep 0.2; mkdir -p "$last"; echo '{{}}' > "$last/results.json" ;;
+esac
+""")
+    fake.chmod(0o755)
+    (tmp_path / "Makefile").write_text(f"PY := {fake}\nINSTALLED := .installed\n$(INSTALLED):\n\ttouch $@\n"
+                                       f"include {os.path.join(REPO, 'ablation.mk')}\n")
+    result = subprocess.run(["make", "-j2", "ablation-synthetic", "SEEDS=1 2"], cwd=tmp_path, capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    calls = log.read_text().splitlines()
+    assert calls[0] == "-m reid.datasets.synthetic data/synthetic"
+    assert len(calls) == 10 and "reid.report" in calls[-1]
+    assert sorted(os.listdir(tmp_path / "logs" / "ablation-synthetic")) == [
+        f"{row}-seed{seed}" for row in ("baseline", "ds", "dsa", "full") for seed in (1, 2)]

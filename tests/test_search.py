@@ -1,12 +1,19 @@
 """reid.search: builds, reuses and updates its gallery index, ranks a known match first, writes the rank lists,
-results.csv and an HTML page whose images exist; skips what it cannot read; clear errors for bad input."""
+results.csv and an HTML page whose images exist; skips what it cannot read; clear errors for bad input; writes
+only into a new, empty or earlier search's --out apart from its inputs; never ranks a query as its own match."""
 import csv
+import hashlib
 import html.parser
+import io
+import json
 import os
+import pathlib
 import shutil
+import struct
 import subprocess
 import sys
 import urllib.parse
+import zlib
 
 import numpy as np
 import pytest
@@ -22,7 +29,7 @@ VOID_ELEMENTS = {"meta", "img", "br", "link", "hr", "input"}
 
 @pytest.fixture
 def gallery(market_items, tiny_synthetic, tmp_path):
-    """The tiny test gallery spread over sub-folders as JPEG, PNG and WebP, plus a text file and a damaged JPEG;
+    """The tiny test gallery spread over sub-folders as JPEG, PNG, WebP and BMP, plus a text file and a damaged JPEG;
     ``cam9/0001_c9s1_000000_00.png`` is a PNG copy of the first query image (same person, another camera)."""
     folder = tmp_path / "crops"
     items = market_items(os.path.join(tiny_synthetic, "bounding_box_test"))[:12]
@@ -36,7 +43,10 @@ def gallery(market_items, tiny_synthetic, tmp_path):
             write_png(read_image(path), str(target / f"{name}.png"))
         else:
             with Image.open(path) as image:
-                image.save(target / f"{name}.webp", format="WEBP", quality=90)
+                if number == 2:  # VIPeR's format, and many users' folders
+                    image.save(target / f"{name}.bmp", format="BMP")
+                else:
+                    image.save(target / f"{name}.webp", format="WEBP", quality=90)
     query_path, pid, _ = market_items(os.path.join(tiny_synthetic, "query"))[0]
     (folder / "cam9").mkdir()
     write_png(read_image(query_path), str(folder / "cam9" / f"{pid:04d}_c9s1_000000_00.png"))
@@ -53,6 +63,25 @@ def query(market_items, tiny_synthetic):
 def run(trained, gallery, query, out, *extra):
     return search.main(["--checkpoint", trained, "--gallery", str(gallery), "--query", str(query), "--top", "5",
                         "--out", str(out), *extra])
+
+
+def file_hashes(*roots):
+    """{path: SHA-256 of its bytes, or where a symbolic link points} of every file under ``roots`` (folders or
+    files): to check that a search left every file it did not write as it was."""
+    found = {}
+    for root in map(str, roots):
+        walked = os.walk(root) if os.path.isdir(root) else [(os.path.dirname(root), [], [os.path.basename(root)])]
+        for directory, _, names in walked:
+            for name in names:
+                path = os.path.join(directory, name)
+                found[path] = (f"link to {os.readlink(path)}" if os.path.islink(path)
+                               else hashlib.sha256(pathlib.Path(path).read_bytes()).hexdigest())
+    return found
+
+
+def read_results(out):
+    with open(out / "results.csv", newline="", encoding="utf-8", errors="surrogateescape") as handle:
+        return list(csv.DictReader(handle))
 
 
 def index_counts(out, capsys):
@@ -158,11 +187,11 @@ def test_the_html_page_is_well_formed_and_its_images_exist(market_items, trained
     assert len(os.listdir(out / "ranks")) == 3
 
 
-def test_names_without_a_known_scheme_are_not_framed(trained, tmp_path, query, capsys):
+def test_names_without_a_known_scheme_are_not_framed(market_items, trained, tiny_synthetic, tmp_path, capsys):
     crops = tmp_path / "crops"
     crops.mkdir()
-    for number in range(3):
-        shutil.copy(query, crops / f"person {number}.jpg")
+    for number, (path, _, _) in enumerate(market_items(os.path.join(tiny_synthetic, "bounding_box_test"))[:3]):
+        shutil.copy(path, crops / f"person {number}.jpg")
     out = tmp_path / "out"
     assert run(trained, crops, crops / "person 0.jpg", out) == 0
     with open(out / "results.csv", newline="") as handle:
@@ -186,7 +215,7 @@ def test_bad_input_is_a_clear_error(trained, gallery, query, tmp_path, capsys):
     (empty / "readme.md").write_text("no pictures here")
     damaged = tmp_path / "query.jpg"
     damaged.write_bytes(b"nothing")
-    cases = [((trained, empty, query), "holds no JPEG, PNG or WebP image (1 other files)"),
+    cases = [((trained, empty, query), "holds no image Pillow reads (1 other files)"),
              ((str(tmp_path / "absent.pth.tar"), gallery, query), "absent.pth.tar does not exist"),
              ((trained, gallery, damaged), "--query: Cannot read the image"),
              ((trained, gallery, tmp_path / "nobody.jpg"), "nobody.jpg (--query) does not exist"),
@@ -202,3 +231,172 @@ def test_python_dash_m_runs_the_search(trained, tmp_path):
                              str(tmp_path / "nowhere"), "--query", "q.jpg", "--out", str(tmp_path / "out")],
                             cwd=ROOT, capture_output=True, text=True)
     assert result.returncode == 2 and "Traceback" not in result.stderr and "--gallery" in result.stderr
+
+
+def test_out_is_a_new_or_empty_folder_or_an_earlier_searchs(market_items, trained, gallery, tiny_synthetic, tmp_path,
+                                                           capsys):
+    """A search writes into a new or empty --out, or an earlier search's (its manifest lists what that search
+    wrote); it replaces and deletes listed files only, and refuses before writing anything otherwise."""
+    queries = tmp_path / "queries"
+    queries.mkdir()
+    for path, _, _ in market_items(os.path.join(tiny_synthetic, "query"))[:2]:
+        shutil.copy(path, queries)
+    first, second = sorted(os.listdir(queries))
+    crowded = tmp_path / "crowded"
+    crowded.mkdir()
+    (crowded / "results.csv").write_text("my own results")
+    (crowded / "unreadable.txt").write_text("my own list")
+    before = file_hashes(tmp_path)
+    assert run(trained, gallery, queries / first, crowded) == 2
+    error = capsys.readouterr().err
+    assert "crowded (--out) holds results.csv, unreadable.txt, and no search-manifest.json" in error
+    assert "Choose a new or empty folder for --out, or the --out folder of an earlier search." in error
+    assert file_hashes(tmp_path) == before
+
+    out = tmp_path / "out"
+    assert run(trained, gallery, queries, out) == 0
+    stems = [os.path.splitext(name)[0] for name in (first, second)]
+    assert sorted(os.listdir(out / "ranks")) == [f"0000_{stems[0]}.png", f"0001_{stems[1]}.png"]
+    (out / "notes.txt").write_text("mine")
+    assert run(trained, gallery, queries / first, out) == 0
+    assert os.listdir(out / "ranks") == [f"0000_{stems[0]}.png"], "the earlier search's figure is deleted"
+    assert (out / "notes.txt").read_text() == "mine"
+    capsys.readouterr()
+
+    (out / "ranks" / f"0001_{stems[1]}.png").write_bytes(b"my own figure")
+    before = file_hashes(tmp_path)
+    assert run(trained, gallery, queries, out) == 2
+    error = capsys.readouterr().err
+    assert f"holds the output of an earlier search, and also ranks/0001_{stems[1]}.png, which that search did " \
+           f"not write and this one would replace. Choose another --out folder" in error
+    assert file_hashes(tmp_path) == before
+
+    manifest = json.loads((out / "search-manifest.json").read_text())
+    manifest["files"].append("notes.txt")
+    (out / "search-manifest.json").write_text(json.dumps(manifest))
+    (crowded / "search-manifest.json").write_text('{"written_by": "reid.search", "files": [')
+    before = file_hashes(tmp_path)
+    for folder in (out, crowded):
+        assert run(trained, gallery, queries / first, folder) == 2
+        error = capsys.readouterr().err
+        assert "search-manifest.json that is damaged or was not written by reid.search" in error
+    assert file_hashes(tmp_path) == before
+
+
+def test_out_may_not_overlap_the_gallery_or_the_query_folder(trained, gallery, query, tmp_path, capsys):
+    queries = tmp_path / "queries"
+    queries.mkdir()
+    shutil.copy(query, queries)
+    (tmp_path / "link").symlink_to(gallery)
+    before = file_hashes(tmp_path)
+    cases = [((gallery, query, gallery / "search"), "is the gallery folder"),
+             ((gallery, query, gallery), "is the gallery folder"),
+             ((gallery, query, tmp_path / "link" / "search"), "is the gallery folder"),
+             ((gallery, queries, queries / "search"), "is the query folder"),
+             ((gallery, query, tmp_path), "is inside --out")]
+    for (gallery_folder, query_path, out), message in cases:
+        assert run(trained, gallery_folder, query_path, out) == 2
+        error = capsys.readouterr().err
+        assert message in error and "Choose an --out folder" in error and "Traceback" not in error
+    assert file_hashes(tmp_path) == before
+
+
+def test_a_query_is_never_its_own_match(trained, gallery, query, tmp_path, capsys):
+    """Neither the query's own file (also through a link) nor a copy with the same bytes is a match; a copy in
+    another format (the PNG in cam9) is."""
+    shutil.copy(query, gallery / "day0" / "copy.jpg")
+    os.link(gallery / "day0" / "copy.jpg", gallery / "day1" / "hard link.jpg")
+    (gallery / "day2" / "symbolic link.jpg").symlink_to(query)
+    before = file_hashes(gallery, query, trained)
+    for number, query_path in enumerate((query, gallery / "day0" / "copy.jpg")):
+        out = tmp_path / f"out{number}"
+        assert run(trained, gallery, query_path, out) == 0
+        assert "3 gallery files were left out of their query's matches" in capsys.readouterr().out
+        rows = read_results(out)
+        assert len(rows) == 5
+        assert not [row for row in rows if row["match"].endswith(("copy.jpg", "hard link.jpg", "symbolic link.jpg"))]
+        assert rows[0]["match"].endswith(os.path.join("cam9", f"{os.path.basename(query)[:4]}_c9s1_000000_00.png"))
+    assert file_hashes(gallery, query, trained) == before
+
+
+def write_large_png(path, width, height):
+    """A valid 1-bit grayscale PNG of width x height: small on disk, 3 bytes a pixel once decoded to RGB."""
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    rows = bytes(1 + (width + 7) // 8) * height
+    header = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
+    pathlib.Path(path).write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header)
+                                   + chunk(b"IDAT", zlib.compress(rows, 1)) + chunk(b"IEND", b""))
+    return path
+
+
+def test_images_that_decode_to_gigabytes_are_not_decoded(trained, gallery, query, tmp_path, capsys):
+    """A 30,000 x 30,000 PNG of a few hundred KB would take 2.5 GiB decoded. Its header is checked before
+    decoding (``reid.images.check_decoded_size``): in the gallery it is skipped and listed as unreadable; as a
+    query it is refused with its size, before anything is written."""
+    huge = write_large_png(gallery / "day0" / "huge.png", 30000, 30000)
+    out = tmp_path / "out"
+    before = file_hashes(tmp_path)
+    assert run(trained, gallery, huge, out) == 2
+    error = capsys.readouterr().err
+    assert f"--query: The image {huge}" in error and "900,000,000 pixels" in error and "Traceback" not in error
+    assert file_hashes(tmp_path) == before and not out.exists()
+    assert run(trained, gallery, query, out) == 0
+    text = capsys.readouterr().out
+    assert "2 gallery files could not be read" in text and "day0/huge.png" in text
+    skipped = dict(line.split("\t", 1) for line in (out / "unreadable.txt").read_text().splitlines())
+    assert str(huge) in skipped["day0/huge.png"] and "900,000,000 pixels" in skipped["day0/huge.png"]
+
+
+def test_names_that_are_not_utf8_are_shown_with_a_replacement_character(trained, gallery, query, tmp_path, capsys):
+    """Such names are drawn and shown with U+FFFD, and the files are still read, linked and listed by their
+    real names."""
+    match = os.fsdecode(os.path.join(os.fsencode(gallery / "day0"), b"caf\xe9.jpg"))
+    shutil.copy(next((gallery / "day1").glob("*.png")), match)
+    named = os.fsdecode(os.path.join(os.fsencode(tmp_path), b"qu\xe9ry.jpg"))
+    shutil.copy(query, named)
+    out = tmp_path / "out"
+    assert run(trained, gallery, named, out, "--top", "20") == 0
+    assert "14 images" in index_counts(out, capsys)[0]
+    assert os.listdir(out / "ranks") == [os.fsdecode(b"0000_qu\xe9ry.png")]
+    rows = read_results(out)
+    assert {row["query"] for row in rows} == {named}
+    assert os.path.join("day0", os.fsdecode(b"caf\xe9.jpg")) in {os.path.relpath(row["match"], gallery) for row in rows}
+    page = (out / "index.html").read_bytes().decode("utf-8")
+    assert "caf\ufffd.jpg" in page and "qu\ufffdry.jpg" in page
+    checker = PageChecker()
+    checker.feed(page)
+    for url in checker.sources + checker.links:
+        assert os.path.isfile(os.path.join(os.fsencode(out), urllib.parse.unquote_to_bytes(url))), url
+
+
+def npz_bytes(**arrays):
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    return buffer.getvalue()
+
+
+def test_a_damaged_or_inconsistent_index_is_rebuilt(trained, gallery, query, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert run(trained, gallery, query, out) == 0
+    capsys.readouterr()
+    index_path = out / "index.npz"
+    with np.load(index_path, allow_pickle=False) as stored:
+        arrays = dict(stored)
+    features, content = arrays["features"], index_path.read_bytes()
+    damaged = {"could not be read": content[:len(content) // 2],
+               f"its features have 5 columns, the checkpoint's {features.shape[1]}":
+                   npz_bytes(**{**arrays, "features": features[:, :5]}),
+               "13 paths, 13 sizes, 13 times and 12 feature rows do not match":
+                   npz_bytes(**{**arrays, "features": features[1:]}),
+               "not a search index: ValueError": npz_bytes(**{**arrays, "paths": arrays["paths"].astype(object)})}
+    before = file_hashes(gallery, query, trained)
+    for problem, content in damaged.items():
+        index_path.write_bytes(content)
+        assert run(trained, gallery, query, out) == 0, problem
+        line, text = index_counts(out, capsys)
+        assert "13 images (0 reused, 13 embedded" in line and problem in text and "it is rebuilt" in text, problem
+        assert "allow_pickle" not in text
+    assert run(trained, gallery, query, out) == 0
+    assert "13 images (13 reused, 0 embedded" in index_counts(out, capsys)[0]
+    assert file_hashes(gallery, query, trained) == before

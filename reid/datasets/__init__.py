@@ -39,30 +39,33 @@ def parse_test_dataset(spec):
     return name, root or os.path.join("data", name)
 
 
-def _read_splits(name, root, cuhk03, name_pattern):
+def _read_splits(name, root, cuhk03, custom_options):
     if name == "msmt17":
         return msmt17.load(root)
     if name == "cuhk03-np":
         return cuhk03np.load(root, variant=cuhk03)
     if name == "custom":
-        return custom.load(root, name_pattern=name_pattern)
+        return custom.load(root, **custom_options)
     return _MARKET_LAYOUT[name].load(root, name=_TITLES[name])
 
 
-def create(name, root, combine_trainval=False, num_val=100, verbose=True, cuhk03="labeled", name_pattern=None):
+def create(name, root, combine_trainval=False, num_val=100, verbose=True, cuhk03="labeled", name_pattern=None,
+           camera_ranges=None, split=None):
     """Load dataset ``name`` from the folder ``root``.
 
     Unless ``combine_trainval``, ``num_val`` training identities are held out as val_query/val_gallery.
-    ``cuhk03`` (``labeled`` or ``detected``) picks CUHK03-NP's variant and ``name_pattern`` is the custom
-    dataset's file-name pattern; other datasets ignore them. The synthetic dataset is generated into ``root``
-    first when that folder does not exist.
+    ``cuhk03`` (``labeled`` or ``detected``) picks CUHK03-NP's variant. ``name_pattern`` (the file-name
+    pattern), ``camera_ranges`` (cameras by image-index range) and ``split`` (``parity``: split one folder of
+    every image by identity) are the custom dataset's; other datasets ignore them. The synthetic dataset is
+    generated into ``root`` first when that folder does not exist.
     """
     name = canonical_name(name)
     root = str(root)
     if name == "synthetic":
         from . import synthetic  # imported here so that `python -m reid.datasets.synthetic` runs cleanly
         synthetic.ensure(root, verbose=verbose)
-    splits = _read_splits(name, root, cuhk03, name_pattern)
+    custom_options = dict(name_pattern=name_pattern, camera_ranges=camera_ranges, split=split)
+    splits = _read_splits(name, root, cuhk03, custom_options)
     dataset = base.build_dataset(name, root, splits, combine_trainval, num_val)
     if verbose:
         print(dataset.summary(splits.title or _TITLES[name]))

@@ -4,13 +4,17 @@ summary table.
 A Market-1501-layout module only names its file-name pattern and folders; ``load_standard_layout`` does the
 rest. A loader returns ``Splits``; ``build_dataset`` turns them into the ``ReidDataset`` the pipeline uses.
 """
+import functools
 import os
 import re
 from dataclasses import dataclass, field
 
+from PIL import Image, ImageFile
+
 from ..errors import UsageError
 
-IMAGE_EXTENSIONS = r"(?i:jpe?g|png)"
+NAME_EXTENSION = r"\.\w+$"
+IMAGE_FILES = "image files (any format Pillow reads: .jpg, .png, .bmp, .tif, .webp, ...)"
 JUNK_PID = -1
 STANDARD_FOLDERS = {"train": "bounding_box_train", "query": "query", "gallery": "bounding_box_test"}
 
@@ -63,18 +67,41 @@ class Splits:
     title: str = None
 
 
+@functools.cache
+def image_extensions():
+    """The file-name extensions (lower case, no dot) of every image format Pillow decodes: ``jpg``, ``png``,
+    ``bmp`` (VIPeR's), ``tif``, ``webp`` and the rest. Its stub formats (HDF5, GRIB, ...), which it names but
+    cannot decode on its own, are left out. Computed on first use: Pillow imports all its plugins for it."""
+    readable = set()
+    for extension, format_name in Image.registered_extensions().items():
+        factory = Image.OPEN.get(format_name, (None,))[0]
+        stub = isinstance(factory, type) and issubclass(factory, ImageFile.StubImageFile)
+        if factory is not None and not stub:
+            readable.add(extension.lstrip(".").lower())
+    return frozenset(readable)
+
+
+def is_image_name(filename):
+    """Whether ``filename`` ends in the extension of a format Pillow decodes; the name alone decides, so that
+    listing a folder of thousands of images opens none of them."""
+    stem, dot, extension = filename.rpartition(".")
+    return bool(stem) and extension.lower() in image_extensions()
+
+
 def file_pattern(name_body):
     """Compile an anchored pattern from the part of a name before the image extension.
 
-    ``name_body`` must define the groups ``pid`` (``-1`` for junk) and ``cam`` (1-based camera).
+    ``name_body`` must define the groups ``pid`` (``-1`` for junk) and ``cam`` (1-based camera). The extension
+    is checked by ``parse_name`` (``is_image_name``).
     """
-    return re.compile(rf"^{name_body}\.{IMAGE_EXTENSIONS}$")
+    return re.compile(rf"^{name_body}{NAME_EXTENSION}")
 
 
 def parse_name(filename, pattern):
-    """``(pid, camid)`` of an image file name, camid 0-based; None when the name does not fit ``pattern``."""
+    """``(pid, camid)`` of an image file name, camid 0-based; None when the name does not fit ``pattern`` or is
+    not an image's."""
     match = pattern.match(filename)
-    if match is None:
+    if match is None or not is_image_name(filename):
         return None
     pid, cam = int(match["pid"]), int(match["cam"])
     if cam < 1:
@@ -136,7 +163,7 @@ def load_standard_layout(name, root, pattern, scheme, download_hint, folders=STA
         if not items:
             raise UsageError(
                 f"The {name} folder {path} has no usable image ({ignored} files with other names were "
-                f"ignored). Expected .jpg/.jpeg/.png images named like {scheme}.")
+                f"ignored). Expected {IMAGE_FILES} named like {scheme}.")
         splits[split] = items
         num_ignored += ignored
     return Splits(splits["train"], splits["query"], splits["gallery"], num_ignored, title=title)
