@@ -30,6 +30,12 @@ def dispositions():
         signal.signal(signum, handler)
 
 
+def started_from_a_terminal():
+    """SIGHUP's default disposition in a child process, as for a command typed at a terminal, even when the
+    test suite itself runs under nohup (which starts it with SIGHUP ignored, and children inherit that)."""
+    signal.signal(signal.SIGHUP, signal.SIG_DFL)
+
+
 def an_outside_handler(signum, frame):
     raise AssertionError("the handler installed before StopRequest ran")
 
@@ -47,7 +53,7 @@ def test_each_stop_signal_sets_the_flag_and_the_previous_handlers_come_back(disp
 
 
 def test_a_second_signal_stops_at_once(dispositions):
-    dispositions(SIGINT=signal.default_int_handler)
+    dispositions(SIGINT=signal.default_int_handler, SIGTERM=signal.SIG_DFL, SIGHUP=signal.SIG_DFL)
     with StopRequest() as stop:
         os.kill(os.getpid(), signal.SIGHUP)
         with pytest.raises(KeyboardInterrupt):
@@ -114,7 +120,8 @@ def test_a_dropped_ssh_session_stops_the_run_and_its_last_words_cannot_crash_it(
     marker, go_on = tmp_path / "marker", tmp_path / "go-on"
     master, terminal = pty.openpty()
     process = subprocess.Popen([sys.executable, "-c", AFTER_A_HANGUP, str(marker), str(go_on)], cwd=ROOT,
-                               stdin=subprocess.DEVNULL, stdout=terminal, stderr=terminal)
+                               stdin=subprocess.DEVNULL, stdout=terminal, stderr=terminal,
+                               preexec_fn=started_from_a_terminal)
     os.close(terminal)
     try:
         assert b"training" in os.read(master, 100)
