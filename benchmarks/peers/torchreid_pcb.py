@@ -87,6 +87,9 @@ def get_args_parser():
     parser.add_argument("--lr", type=float, default=RECIPE["--lr"])
     parser.add_argument("-j", "--workers", type=int, default=RECIPE["-j"])
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--backbone", choices=("resnet50", "resnet18"), default="resnet50",
+                        help="resnet50: torchreid's pcb_p6 as published; resnet18: its PCB class with the ResNet-18 "
+                             "blocks, the backbone of the benchmark's rows (default: resnet50)")
     parser.add_argument("--max-ids", type=int, default=None,
                         help="keep about this many identities, half train and half test (a quick check)")
     parser.add_argument("--venv", default=DEFAULT_VENV,
@@ -109,12 +112,13 @@ def main(argv=None):
     python = ensure_peer_environment(args.venv)
     command = [python, WORKER, "--split", split_path, "--out", os.path.join(args.out, "torchreid"),
                "--epochs", str(args.epochs), "-b", str(args.batch_size), "--height", str(args.height),
-               "--width", str(args.width), "--lr", str(args.lr), "-j", str(args.workers), "--seed", str(args.seed)]
+               "--width", str(args.width), "--lr", str(args.lr), "-j", str(args.workers), "--seed", str(args.seed),
+               "--backbone", args.backbone]
     result = subprocess.run(command, stdout=subprocess.PIPE, text=True)
     if result.returncode != 0:
         sys.exit(f"error: torchreid's run stopped with exit status {result.returncode} (its output is above).")
     figures = json.loads(result.stdout.strip().splitlines()[-1])
-    print(json.dumps({"peer": "torchreid pcb_p6", **figures, "epochs": args.epochs, "batch_size": args.batch_size,
+    print(json.dumps({"peer": "torchreid PCB", **figures, "epochs": args.epochs, "batch_size": args.batch_size,
                       "height": args.height, "width": args.width, "lr": args.lr, "seed": args.seed, **counts}))
 
 

@@ -1,5 +1,6 @@
-"""Train torchreid's ``pcb_p6`` from scratch on a split written by ``torchreid_pcb.py``, evaluate it with torchreid's
-own evaluation, and print one JSON line: rank1, mAP (fractions), train_seconds.
+"""Train torchreid's PCB (``pcb_p6``, or its ResNet-18 form) from scratch on a split written by
+``torchreid_pcb.py``, evaluate it with torchreid's own evaluation, and print one JSON line: rank1, mAP
+(fractions), train_seconds.
 
 Run by ``torchreid_pcb.py`` with the Python of the peer's own virtual environment. It imports torchreid and
 never this project's code, so that the figures are torchreid's alone. torchreid's own output goes to standard
@@ -16,10 +17,20 @@ import torchreid
 from torchreid.reid.data import ImageDataManager, ImageDataset, register_image_dataset
 from torchreid.reid.engine import ImageSoftmaxEngine
 from torchreid.reid.models import build_model
+from torchreid.reid.models.pcb import PCB, BasicBlock
 from torchreid.reid.optim import build_lr_scheduler, build_optimizer
 from torchreid.reid.utils import set_random_seed
 
 DATASET = "dsp_parity_split"
+
+
+def build_pcb(backbone, num_classes):
+    """torchreid's PCB from scratch: ``pcb_p6`` itself for resnet50; for resnet18, torchreid's own ``PCB`` class
+    with the ResNet-18 blocks and the rest of ``pcb_p6``'s settings (6 stripes, 256-d reductions, last stride 1)."""
+    if backbone == "resnet50":
+        return build_model("pcb_p6", num_classes=num_classes, loss="softmax", pretrained=False)
+    return PCB(num_classes=num_classes, loss="softmax", block=BasicBlock, layers=[2, 2, 2, 2], last_stride=1,
+               parts=6, reduced_dim=256, nonlinear="relu")
 
 
 def split_dataset(split_file):
@@ -46,6 +57,7 @@ def get_args_parser():
     parser.add_argument("--lr", type=float, required=True)
     parser.add_argument("-j", "--workers", type=int, default=2)
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--backbone", choices=("resnet50", "resnet18"), default="resnet50")
     return parser
 
 
@@ -58,8 +70,7 @@ def main(argv=None):
         manager = ImageDataManager(root=args.out, sources=DATASET, height=args.height, width=args.width,
                                    transforms=["random_flip"], use_gpu=use_gpu, batch_size_train=args.batch_size,
                                    batch_size_test=args.batch_size, workers=args.workers)
-        model = build_model("pcb_p6", num_classes=manager.num_train_pids, loss="softmax", pretrained=False,
-                            use_gpu=use_gpu)
+        model = build_pcb(args.backbone, manager.num_train_pids)
         model = model.cuda() if use_gpu else model
         optimizer = build_optimizer(model, optim="sgd", lr=args.lr, sgd_nesterov=True)
         scheduler = build_lr_scheduler(optimizer, lr_scheduler="cosine", max_epoch=args.epochs)
@@ -76,7 +87,8 @@ def main(argv=None):
                                           gallery_loader=loaders["gallery"])
     print(json.dumps({"rank1": round(float(rank1), 4), "mAP": round(float(mean_ap), 4),
                       "train_seconds": round(train_seconds, 1),
-                      "torchreid": torchreid.__version__, "device": "cuda" if use_gpu else "cpu"}))
+                      "backbone": args.backbone, "torchreid": torchreid.__version__,
+                      "device": "cuda" if use_gpu else "cpu"}))
 
 
 if __name__ == "__main__":
